@@ -1,0 +1,33 @@
+"""Execute every library notebook (one test per notebook), as `nbdev_test` does, skipping cells flagged
+with settings.ini's `tst_flags`. Papermill experiment notebooks have their own tests."""
+import configparser
+import json
+from pathlib import Path
+
+import pytest
+from nbdev.test import test_nb as run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+cfg = configparser.ConfigParser(); cfg.read(ROOT / 'settings.ini')
+SKIP_FLAGS = cfg['DEFAULT']['tst_flags'].split()
+# Notebooks run by papermill with parameters (tested in test_train.py and test_paper.py)
+PAPERMILL = {'05_train.ipynb'}
+NOTEBOOKS = sorted(p for p in (ROOT / 'nbs').rglob('*.ipynb')
+                   if not any(part.startswith(('_', '.')) for part in p.relative_to(ROOT / 'nbs').parts)
+                   and p.name not in PAPERMILL and 'paper' not in p.relative_to(ROOT / 'nbs').parts)
+
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(ROOT / 'nbs')) for p in NOTEBOOKS])
+def test_notebook(nb):
+    ok, secs = run_notebook(nb, skip_flags=SKIP_FLAGS, showerr=True)
+    assert ok, f'{nb.name} failed (see the traceback above)'
+
+
+def test_every_library_module_has_a_notebook():
+    mods = {p.stem for p in (ROOT / 'ltvit').glob('*.py') if not p.stem.startswith('_')}
+    exported = set()
+    for nb in NOTEBOOKS:
+        for cell in json.loads(nb.read_text())['cells']:
+            src = ''.join(cell['source'])
+            if src.startswith('#| default_exp '): exported.add(src.split()[2])
+    assert mods == exported, f'modules without a notebook: {mods - exported}; notebooks without a module: {exported - mods}'

@@ -1,0 +1,108 @@
+"""The project's own contract: packaging, nbdev settings, the docs site's pages."""
+import configparser
+import glob
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings():
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini'); return cfg['DEFAULT']
+
+
+def test_layout():
+    for p in ('nbs', 'ltvit', 'settings.ini', 'setup.py', 'README.md', '_quarto.yml', 'tests', '.ci/run', '.gitignore'):
+        assert (ROOT / p).exists(), p
+
+
+def test_setup_py_reads_settings_and_avoids_pkg_resources():
+    src = (ROOT / 'setup.py').read_text()
+    assert 'pkg_resources' not in src and "settings.ini" in src
+    out = subprocess.run([sys.executable, 'setup.py', '--version'], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == _settings()['version'], out.stderr
+
+
+def test_nbdev_settings():
+    s = _settings()
+    assert s['tst_flags'].split() == ['notest', 'slow', 'cuda']
+    assert s['allowed_cell_metadata_keys'].split() == ['tags']
+    assert s['cell_number'] == 'False'
+    assert 'nbdev==2.' in s['dev_requirements'] and 'nbdev' not in s['requirements']
+
+
+def test_nbdev_clean_keeps_papermill_parameters_tag(tmp_path):
+    nb = {'cells': [{'cell_type': 'code', 'execution_count': 3, 'id': 'abc', 'outputs': [],
+                     'metadata': {'tags': ['parameters'], 'scrolled': True}, 'source': 'epochs: int = 1  # epochs'}],
+          'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    fn = tmp_path / 'p.ipynb'; fn.write_text(json.dumps(nb))
+    nbdev_clean = Path(sys.executable).parent / 'nbdev_clean'
+    subprocess.run([str(nbdev_clean), '--fname', str(fn)], cwd=ROOT, check=True)
+    cell = json.loads(fn.read_text())['cells'][0]
+    assert cell['metadata'] == {'tags': ['parameters']} and cell['execution_count'] is None
+
+
+def _site_pages(node):
+    "Every page a sidebar/navbar entry names."
+    if isinstance(node, str): yield node
+    elif isinstance(node, list):
+        for n in node: yield from _site_pages(n)
+    elif isinstance(node, dict):
+        for k in ('href', 'file'):
+            if k in node: yield node[k]
+        for k in ('contents', 'left', 'right'):
+            if k in node: yield from _site_pages(node[k])
+
+
+def test_quarto_site_parses_and_every_page_exists():
+    q = yaml.safe_load((ROOT / '_quarto.yml').read_text())
+    assert q['project']['type'] == 'website'
+    assert 'nbdev_filter' in q['ipynb-filters']
+    sections = [s['section'] for s in q['website']['sidebar']['contents'] if isinstance(s, dict)]
+    assert sections == ['Library', 'Paper', 'Guides']
+    pages = list(_site_pages(q['website']['sidebar']['contents'])) + list(_site_pages(q['website']['navbar']))
+    assert pages
+    for p in pages:
+        matches = glob.glob(str(ROOT / p))
+        assert matches, f'_quarto.yml lists {p}, which does not exist'
+    # every library notebook is in the Library section
+    lib = next(s for s in q['website']['sidebar']['contents'] if isinstance(s, dict) and s['section'] == 'Library')
+    listed = set(_site_pages(lib['contents']))
+    for nb in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb')):
+        assert f'nbs/{nb.name}' in listed, f'{nb.name} is missing from the Library section of _quarto.yml'
+    # every render pattern matches something or is a pattern for pages still to come
+    assert any(glob.glob(str(ROOT / p)) for p in q['project']['render'])
+
+
+def test_docs_workflow_builds_with_quarto():
+    wf = yaml.safe_load((ROOT / '.github/workflows/docs.yml').read_text())
+    steps = [s.get('uses', '') + s.get('run', '') for s in wf['jobs']['docs']['steps']]
+    assert any('quarto-actions/setup' in s for s in steps) and any('quarto render' in s for s in steps)
+
+
+def test_import_ltvit_exposes_api_and_registers_models():
+    out = subprocess.run([sys.executable, '-c', 'import ltvit, timm; print(ltvit.__version__); '
+                          'print(" ".join(timm.list_models("ltvit_*"))); print(ltvit.LTViT.__name__, ltvit.NIH_LABELS[0])'],
+                         capture_output=True, text=True, check=True)
+    lines = out.stdout.split('\n')
+    assert lines[0] == _settings()['version']
+    assert lines[1].split() == ['ltvit_base_patch16_224', 'ltvit_small_patch16_224', 'ltvit_tiny_patch16_224']
+    assert lines[2] == 'LTViT Atelectasis'
+
+
+def test_jupyter_kernel_imports_editable_ltvit():
+    "The `python3` kernel of the environment is this interpreter, and it imports the editable checkout."
+    jupyter = Path(sys.executable).parent / 'jupyter'
+    out = subprocess.run([str(jupyter), 'kernelspec', 'list', '--json'], capture_output=True, text=True, check=True)
+    spec = json.loads(out.stdout)['kernelspecs']['python3']
+    argv = json.loads((Path(spec['resource_dir']) / 'kernel.json').read_text())['argv']
+    py = shutil.which(argv[0]) or argv[0]
+    if argv[0] == 'python': py = sys.executable  # ipykernel's built-in spec: the interpreter running jupyter
+    out = subprocess.run([py, '-c', 'import ltvit; print(ltvit.__file__)'], capture_output=True, text=True, check=True, cwd='/')
+    assert Path(out.stdout.strip()).resolve().is_relative_to(ROOT / 'ltvit')
