@@ -1,0 +1,114 @@
+"""The main job: papermill on nbs/05_train.ipynb, resume after a kill, DDP on CPU, and the real NIH sample."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / 'nbs' / '05_train.ipynb'
+TINY = dict(synthetic_patients=60, img_size=32, batch_size=16, n2=1, n_boot=50, seed=3,
+            model_args='patch_size:8,embed_dim:32,depth:2,num_heads:2')
+
+
+@pytest.fixture(scope='module')
+def syn_dir(tmp_path_factory):
+    from ltvit.synthetic import make_synthetic
+    return str(make_synthetic(tmp_path_factory.mktemp('syn'), n_patients=60, progress=False))
+
+
+def test_papermill_run_writes_every_file_and_uses_parameters(tmp_path, syn_dir):
+    out = tmp_path / 'run'
+    pm.execute_notebook(str(NB), str(tmp_path / 'out.ipynb'), cwd=str(NB.parent), kernel_name='python3', progress_bar=False,
+                        parameters=dict(TINY, data_dir=syn_dir, epochs=2, lr=0.002, out_dir=str(out)))
+    for f in ('config.json', 'metrics.json', 'per_class_auc.csv', 'predictions.csv', 'history.csv', 'curves.png',
+              'roc.png', 'best.safetensors'):
+        assert (out / f).is_file(), f
+    cfg = json.loads((out / 'config.json').read_text())['config']
+    assert (cfg['epochs'], cfg['lr'], cfg['img_size'], cfg['model_args']['embed_dim'], cfg['seed']) == (2, 0.002, 32, 32, 3)
+    m = json.loads((out / 'metrics.json').read_text())
+    assert set(m['per_class_auc']) == set(json.loads((out / 'config.json').read_text())['labels'])
+    assert m['mean_auc_ci95'][0] <= m['mean_auc'] <= m['mean_auc_ci95'][1]
+    assert len(pd.read_csv(out / 'history.csv')) == 2
+    executed = (tmp_path / 'out.ipynb').read_text()
+    assert 'Test mean AUC' in executed
+
+
+def test_wrong_dataset_fails_clearly(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NB), str(tmp_path / 'bad.ipynb'), cwd=str(NB.parent), kernel_name='python3',
+                            progress_bar=False, parameters=dict(dataset='imagenet', out_dir=str(tmp_path / 'r')))
+    assert "dataset='imagenet' is not one of ('synthetic', 'nih', 'chexpert')" in str(e.value)
+    assert not (tmp_path / 'r').exists()
+
+
+def _cli(args, **kw):
+    return [sys.executable, '-m', 'ltvit.train'] + [f'--{k.replace("_", "-")}={v}' for k, v in args.items()]
+
+
+def test_resume_after_kill_gives_the_same_metrics(tmp_path, syn_dir):
+    args = dict(TINY, dataset='synthetic', data_dir=syn_dir, epochs=4, deterministic=True, workers=0)
+    ref = subprocess.run(_cli(dict(args, out_dir=tmp_path / 'ref')), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / 'killed'
+    proc = subprocess.Popen(_cli(dict(args, out_dir=out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / 'checkpoints' / 'last.json'
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if last.is_file() and json.loads(last.read_text())['epoch'] >= 1: break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (out / 'metrics.json').exists(), 'the run finished before it could be killed'
+    done_epochs = json.loads(last.read_text())['epoch'] + 1
+    assert 1 <= done_epochs < 4
+    res = subprocess.run(_cli(dict(args, out_dir=out, resume=True)), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f'Resuming {out} after epoch {done_epochs}' in res.stdout
+    a, b = (json.loads((d / 'metrics.json').read_text()) for d in (tmp_path / 'ref', out))
+    assert a['mean_auc'] == b['mean_auc'] and a['per_class_auc'] == b['per_class_auc']
+    pa, pb = (pd.read_csv(d / 'predictions.csv') for d in (tmp_path / 'ref', out))
+    pd.testing.assert_frame_equal(pa, pb)
+    ha, hb = (pd.read_csv(d / 'history.csv') for d in (tmp_path / 'ref', out))
+    assert np.allclose(ha['train_loss'], hb['train_loss'], rtol=0, atol=0)
+
+
+DDP_TOL = 0.02  # mean-AUC tolerance: 2 gloo processes vs 1 process (same global batches; float reduction order differs)
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path, syn_dir):
+    args = dict(TINY, dataset='synthetic', data_dir=syn_dir, epochs=2, workers=0, device='cpu')
+    one = subprocess.run(_cli(dict(args, out_dir=tmp_path / 'one')), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533',
+                          '-m', 'ltvit.train'] + _cli(dict(args, out_dir=tmp_path / 'two'))[3:], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / 'metrics.json').read_text()) for d in ('one', 'two'))
+    assert json.loads((tmp_path / 'two' / 'config.json').read_text())['world_size'] == 2
+    assert a['n_images'] == b['n_images']  # every test image once, gathered across ranks
+    assert abs(a['mean_auc'] - b['mean_auc']) <= DDP_TOL, (a['mean_auc'], b['mean_auc'])
+    ha, hb = (pd.read_csv(tmp_path / d / 'history.csv') for d in ('one', 'two'))
+    assert np.allclose(ha['train_loss'], hb['train_loss'], atol=1e-3), (ha['train_loss'], hb['train_loss'])
+
+
+def test_one_epoch_on_the_real_nih_sample(tmp_path, nih_sample):
+    out = tmp_path / 'nih'
+    pm.execute_notebook(str(NB), str(tmp_path / 'nih.ipynb'), cwd=str(NB.parent), kernel_name='python3', progress_bar=False,
+                        parameters=dict(dataset='nih', data_dir=str(nih_sample), subset=True, model='ltvit_tiny_patch16_224',
+                                        model_args='patch_size:16,depth:2', img_size=64, epochs=1, batch_size=32, n_boot=50,
+                                        workers=2, out_dir=str(out)))
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['split_sizes']['test'] == 60 and cfg['split_sizes']['train'] + cfg['split_sizes']['val'] == 440
+    pred = pd.read_csv(out / 'predictions.csv')
+    assert len(pred) == 60 and pred['id'].str.endswith('.png').all()
+    entry = pd.read_csv(nih_sample / 'Data_Entry_2017.csv').set_index('Image Index')
+    for _, r in pred.iterrows():
+        assert (r['true_Mass'] == 1) == ('Mass' in entry.loc[r['id'], 'Finding Labels'].split('|'))
