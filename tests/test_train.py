@@ -54,7 +54,7 @@ def _cli(args, **kw):
 
 
 def test_resume_after_kill_gives_the_same_metrics(tmp_path, syn_dir):
-    args = dict(TINY, dataset='synthetic', data_dir=syn_dir, epochs=4, deterministic=True, workers=0)
+    args = dict(TINY, dataset='synthetic', data_dir=syn_dir, epochs=12, deterministic=True, workers=0)
     ref = subprocess.run(_cli(dict(args, out_dir=tmp_path / 'ref')), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / 'killed'
@@ -62,13 +62,12 @@ def test_resume_after_kill_gives_the_same_metrics(tmp_path, syn_dir):
     last = out / 'checkpoints' / 'last.json'
     t0 = time.time()
     while time.time() - t0 < 300 and proc.poll() is None:
-        if last.is_file() and json.loads(last.read_text())['epoch'] >= 1: break
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
+        if last.is_file() and json.loads(last.read_text())['epoch'] >= 1: break  # mid-way: after epoch 2 of 12
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert not (out / 'metrics.json').exists(), 'the run finished before it could be killed'
     done_epochs = json.loads(last.read_text())['epoch'] + 1
-    assert 1 <= done_epochs < 4
+    assert 2 <= done_epochs < 12
     res = subprocess.run(_cli(dict(args, out_dir=out, resume=True)), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f'Resuming {out} after epoch {done_epochs}' in res.stdout
@@ -103,7 +102,7 @@ def test_one_epoch_on_the_real_nih_sample(tmp_path, nih_sample):
     out = tmp_path / 'nih'
     pm.execute_notebook(str(NB), str(tmp_path / 'nih.ipynb'), cwd=str(NB.parent), kernel_name='python3', progress_bar=False,
                         parameters=dict(dataset='nih', data_dir=str(nih_sample), subset=True, model='ltvit_tiny_patch16_224',
-                                        model_args='patch_size:16,depth:2', img_size=64, epochs=1, batch_size=32, n_boot=50,
+                                        model_args='patch_size:16,depth:2', n2=1, img_size=64, epochs=1, batch_size=32, n_boot=50,
                                         workers=2, out_dir=str(out)))
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['split_sizes']['test'] == 60 and cfg['split_sizes']['train'] + cfg['split_sizes']['val'] == 440
