@@ -76,3 +76,45 @@ def test_training_uses_fused_attention_and_extraction_restores_it():
         before = lt(x); out = lt.forward_lt(x, return_attention=True); after = lt(x)
     assert torch.equal(before, after) and [b.attn.fused_attn for b in lt.blocks] == fused
     assert len(out['attention']) == 2 and out['attention'][0].shape == (1, 2, 17 + 3, 17 + 3)
+
+
+def _layouts(sd):
+    "The checkpoint layouts ltvit loads, built from one timm state dict."
+    return {
+        'timm.pth': ('pth', sd),
+        'timm.safetensors': ('safetensors', sd),
+        'dino_teacher.pth': ('pth', {'teacher': {f'backbone.{k}': v for k, v in sd.items()},
+                                     'student': {f'module.backbone.{k}': v * 0 for k, v in sd.items()}, 'epoch': 3}),
+        'dino_student.pth': ('pth', {'student': {f'module.backbone.{k}': v for k, v in sd.items()},
+                                     'teacher': {f'backbone.{k}': v * 0 for k, v in sd.items()}}),
+        'mae.pth': ('pth', {'model': {**sd, 'mask_token': torch.zeros(1, 1, 24), 'decoder_embed.weight': torch.zeros(8, 24),
+                                      'decoder_pred.bias': torch.zeros(8)}, 'args': 'ignored'}),
+    }
+
+
+@pytest.mark.parametrize('layout', list(_layouts({})))
+def test_load_every_checkpoint_layout(layout, tmp_path):
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    src = VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=0)
+    sd = src.state_dict()
+    kind, obj = _layouts(sd)[layout]
+    f = tmp_path / layout
+    if kind == 'safetensors': save_file({k: v.contiguous() for k, v in obj.items()}, str(f))
+    else: torch.save(obj, f)
+    model = timm.create_model('ltvit_tiny_patch16_224', num_classes=4, **TINY)
+    rep = load_pretrained(model, f, dino_key='student' if 'student' in layout else 'teacher', verbose=False)
+    own = model.state_dict()
+    for k, v in sd.items(): assert torch.equal(own[k], v), (layout, k)
+    assert set(rep.new) == {'label_tokens', 'head.weight', 'head.bias', 'label_norms.1.weight', 'label_norms.1.bias',
+                            'label_norms.2.weight', 'label_norms.2.bias'}
+    assert torch.equal(model.label_norms['2'].weight, src.blocks[2].norm1.weight)  # label norms start as norm1 copies
+
+
+def test_plain_vit_baseline_loads_the_same_files(tmp_path):
+    src = VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=0)
+    torch.save(src.state_dict(), tmp_path / 'w.pth')
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=64, patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=5)
+    rep = load_pretrained(vit, tmp_path / 'w.pth', verbose=False)
+    assert set(rep.new) == {'head.weight', 'head.bias'} and vit.pos_embed.shape == (1, 65, 24)
+    assert any('resampled from a 4x4 grid to 8x8' in n for n in rep.notes)
