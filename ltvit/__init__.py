@@ -8,3 +8,4 @@ from .data import *
 from .synthetic import make_synthetic, FINDINGS as SYNTHETIC_FINDINGS
 from .cache import build_cache, cache_dataset, default_cache_dir, ImageCache
 from .train import TrainConfig, train, auc_report
+from .interpret import attention_maps, gradcam_maps, label_maps, plot_maps, compare_localisation
