@@ -2,25 +2,36 @@
 with settings.ini's `tst_flags`. Papermill experiment notebooks have their own tests."""
 import configparser
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from nbdev.test import test_nb as run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 cfg = configparser.ConfigParser(); cfg.read(ROOT / 'settings.ini')
 SKIP_FLAGS = cfg['DEFAULT']['tst_flags'].split()
-# Notebooks run by papermill with parameters (tested in test_train.py and test_paper.py)
+# Notebooks run by papermill with parameters (tested in test_train.py)
 PAPERMILL = {'05_train.ipynb'}
 NOTEBOOKS = sorted(p for p in (ROOT / 'nbs').rglob('*.ipynb')
                    if not any(part.startswith(('_', '.')) for part in p.relative_to(ROOT / 'nbs').parts)
                    and p.name not in PAPERMILL and 'paper' not in p.relative_to(ROOT / 'nbs').parts)
 
 
+RUN = """
+import sys
+from pathlib import Path
+from nbdev.test import test_nb
+ok, secs = test_nb(Path(sys.argv[1]), skip_flags=sys.argv[2].split(), showerr=True)
+sys.exit(0 if ok else 1)
+"""
+
+
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(ROOT / 'nbs')) for p in NOTEBOOKS])
 def test_notebook(nb):
-    ok, secs = run_notebook(nb, skip_flags=SKIP_FLAGS, showerr=True)
-    assert ok, f'{nb.name} failed (see the traceback above)'
+    "Each notebook runs in its own process, as nbdev_test does (notebooks re-register timm models)."
+    res = subprocess.run([sys.executable, '-c', RUN, str(nb), ' '.join(SKIP_FLAGS)], capture_output=True, text=True)
+    assert res.returncode == 0, f'{nb.name} failed:\n{res.stderr[-6000:]}'
 
 
 def test_every_library_module_has_a_notebook():
