@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .core import atomic_write
 from .data import DataError, load_image
 
 # %% auto #0
@@ -43,8 +44,7 @@ def _work(args):
     mm.flush()
     return [i for i, _ in chunk]
 
-def _write_json(path: Path, obj):
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj)); tmp.replace(path)
+def _write_json(path: Path, obj): atomic_write(path, json.dumps(obj))
 
 # %% ../nbs/01b_cache.ipynb #852d0c1f
 def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'get_label_set',
-           'seed_everything', 'get_device', 'get_precision', 'autocast', 'get_data_dir']
+__all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
+           'CXR_STD', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast', 'get_data_dir',
+           'atomic_write']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -114,3 +116,22 @@ def get_data_dir(path: str | os.PathLike | None = None,  # an explicit folder; w
     if path is not None and str(path) != '': return Path(path).expanduser()
     root = Path(os.environ.get(DATA_ENV) or '~/.cache/ltvit/data').expanduser()
     return root / name if name else root
+
+CXR_MEAN, CXR_STD = 0.5056, 0.252  # chest X-ray normalisation of the default recipe (the same for every channel)
+
+# %% ../nbs/00_core.ipynb #a7c0e002
+def atomic_write(path: str | os.PathLike,  # the file to (re)write
+                 data: str | bytes | None = None,  # its content
+                 writer: Callable[[Path], object] | None = None,  # or a function that writes a given path
+                ) -> Path:
+    "Write `data` (or call `writer(tmp_path)`) to a temporary file beside `path`, then rename it over `path`."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        if writer is not None: writer(tmp)
+        elif isinstance(data, bytes): tmp.write_bytes(data)
+        else: tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path

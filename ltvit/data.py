@@ -20,13 +20,13 @@ from sklearn.model_selection import GroupShuffleSplit
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from .core import CHEXPERT_5, NIH_LABELS, get_data_dir, get_label_set
+from .core import CHEXPERT_5, CXR_MEAN, CXR_STD, NIH_LABELS, get_data_dir, get_label_set
 
 # %% auto #0
-__all__ = ['CXR_MEAN', 'CXR_STD', 'NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS',
-           'UNCERTAINTY_POLICIES', 'MIXED_ONES', 'DataError', 'load_image', 'make_transform', 'parse_findings',
-           'read_nih_table', 'find_nih_images', 'read_split_list', 'patient_split', 'nih_split_table', 'CXRDataset',
-           'NIHChestXray14', 'read_nih_boxes', 'chexpert_targets', 'CheXpert', 'make_chexpert_like']
+__all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS', 'UNCERTAINTY_POLICIES', 'MIXED_ONES',
+           'DataError', 'load_image', 'make_transform', 'parse_findings', 'read_nih_table', 'find_nih_images',
+           'read_split_list', 'patient_split', 'nih_split_table', 'CXRDataset', 'NIHChestXray14', 'read_nih_boxes',
+           'chexpert_targets', 'CheXpert', 'make_chexpert_like']
 
 # %% ../nbs/01_data.ipynb #c4e6eacd
 class DataError(ValueError):
@@ -57,8 +57,6 @@ def load_image(path: str | Path) -> np.ndarray:
         raise DataError(f'Unreadable or truncated image {path}: {e}') from e
 
 # %% ../nbs/01_data.ipynb #6dd72376
-CXR_MEAN, CXR_STD = 0.5056, 0.252
-
 class _ToMode:
     "Convert a PIL image to `mode` (picklable, for DataLoader workers)."
     def __init__(self, mode): self.mode = mode

@@ -23,10 +23,10 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .core import NIH_LABELS
+from .core import CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write
 
 # %% auto #0
-__all__ = ['HEAD_TYPES', 'CXR_MEAN', 'CXR_STD', 'default_cfgs', 'PRETRAINED_BACKBONES', 'lt_attention_mask', 'LabelHead', 'LTViT',
+__all__ = ['HEAD_TYPES', 'default_cfgs', 'PRETRAINED_BACKBONES', 'lt_attention_mask', 'LabelHead', 'LTViT',
            'ltvit_tiny_patch16_224', 'ltvit_small_patch16_224', 'ltvit_base_patch16_224', 'LoadReport',
            'read_checkpoint', 'vit_state_dict', 'load_pretrained', 'save_model', 'checkpoint_metadata', 'load_model']
 
@@ -252,11 +252,9 @@ class LTViT(VisionTransformer):
         return out
 
 # %% ../nbs/02_model.ipynb #be30e575
-CXR_MEAN, CXR_STD = (0.5056,) * 3, (0.252,) * 3  # chest X-ray normalisation of the default recipe
-
 def _cfg(**kwargs) -> dict:
     return dict(url='', num_classes=14, input_size=(3, 224, 224), pool_size=None, crop_pct=1.0,
-                interpolation='bicubic', fixed_input_size=True, mean=CXR_MEAN, std=CXR_STD,
+                interpolation='bicubic', fixed_input_size=True, mean=(CXR_MEAN,) * 3, std=(CXR_STD,) * 3,
                 first_conv='patch_embed.proj', classifier='head', license='apache-2.0', **kwargs)
 
 default_cfgs = generate_default_cfgs({f'ltvit_{s}_patch16_224.untrained': _cfg() for s in ('tiny', 'small', 'base')})
@@ -433,11 +431,8 @@ def save_model(model: nn.Module, path: str | Path, **meta) -> Path:
     args.pop('pretrained_cfg', None); args.pop('pretrained_cfg_overlay', None); args.pop('cache_dir', None)
     metadata = {'architecture': json.dumps(arch), 'model_args': json.dumps(args, default=list),
                 'label_names': json.dumps(getattr(model, 'label_names', None)), **{k: json.dumps(v) for k, v in meta.items()}}
-    tmp = path.with_name(path.name + '.tmp')
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _save_safetensors(sd, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, writer=lambda tmp: _save_safetensors(sd, str(tmp), metadata=metadata))
 
 def checkpoint_metadata(path: str | Path) -> dict:
     "The metadata `save_model` stored in a `.safetensors` file."

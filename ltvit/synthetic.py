@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .core import NIH_LABELS, get_data_dir
+from .core import atomic_write, get_data_dir
 
 # %% auto #0
 __all__ = ['FINDINGS', 'PREVALENCE', 'LATENT', 'sample_findings', 'Anatomy', 'render', 'SyntheticSpec', 'make_synthetic',
@@ -217,8 +217,7 @@ def _render_one(args):
     img, boxes = render(set(fs), Anatomy.sample(arng), rng, spec.size, spec.contrast, spec.lesion_scale, spec.noise)
     return i, np.round(img * 255).astype(np.uint8), boxes
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); tmp.replace(path)
+
 
 # %% ../nbs/01a_synthetic.ipynb #4f296df7
 def make_synthetic(out: str | Path | None = None,  # folder to write (default: `$LTVIT_DATA/synthetic-<spec key>`)
@@ -278,7 +277,7 @@ def make_synthetic(out: str | Path | None = None,  # folder to write (default: `
     (out / 'test_list.txt').write_text('\n'.join(df['Image Index'][is_test]) + '\n')
     (out / 'train_val_list.txt').write_text('\n'.join(df['Image Index'][~is_test]) + '\n')
     prev = {f: float(df['Finding Labels'].str.split('|').apply(lambda l: f in l).mean()) for f in FINDINGS}
-    _write_atomic(meta_path, json.dumps({'key': spec.key(), 'spec': asdict(spec), 'images': len(df),
+    atomic_write(meta_path, json.dumps({'key': spec.key(), 'spec': asdict(spec), 'images': len(df),
                                          'prevalence': prev, 'labels': list(FINDINGS), 'complete': True}, indent=1))
     return out
 

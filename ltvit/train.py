@@ -31,14 +31,14 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .core import autocast, get_data_dir, get_device, get_precision, seed_everything
+from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, seed_everything
 from .data import CheXpert, NIHChestXray14, make_transform
 from .model import LTViT, load_pretrained, save_model
 
 # %% auto #0
 __all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'masked_bce',
-           'atomic_write', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train',
-           'format_report', 'parse_model_args', 'repo_root', 'default_out_dir', 'main']
+           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
+           'parse_model_args', 'repo_root', 'default_out_dir', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
 def _rankdata(x: np.ndarray) -> np.ndarray:
@@ -233,19 +233,6 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor |
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
 # %% ../nbs/03_train.ipynb #d4e88806
-def atomic_write(path: str | Path, data: str | bytes | None = None, writer=None) -> Path:
-    "Write `data` (or call `writer(tmp_path)`) to a temporary file, then rename it over `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        if writer is not None: writer(tmp)
-        elif isinstance(data, bytes): tmp.write_bytes(data)
-        else: tmp.write_text(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
 
 def save_checkpoint(out: Path, model, opt, sched, state: dict):
