@@ -200,18 +200,16 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
     allboxes = dataset_boxes(ds, size)
     rows = sorted(allboxes)[:max_images]
     if not rows: raise ValueError(f'{ds.name}: no image of this split has a box.')
-    scores = {}
     runs = [(f'LT-ViT {m}', model, m) for m in methods] + ([(f'ViT {m}', baseline, m) for m in methods if m.startswith('gradcam')]
                                                           if baseline is not None else [])
-    for name, mdl, meth in runs:
-        parts = []
-        for k in range(0, len(rows), batch_size):
-            chunk = rows[k:k + batch_size]
-            x = torch.stack([ds[i]['image'] for i in chunk])
-            mp, _ = label_maps(mdl, x, meth)
-            parts.append(localisation_scores(mp, {n: allboxes[i] for n, i in enumerate(chunk)}, ds.labels).assign(image=lambda d: d['image'].map(dict(enumerate(chunk)))))
-        scores[name] = pd.concat(parts, ignore_index=True)
-    C = len(ds.labels)
-    rnd = random_maps((len(rows), C, size, size), seed)
-    scores['random'] = localisation_scores(rnd, {n: allboxes[i] for n, i in enumerate(rows)}, ds.labels)
+    parts = {name: [] for name, _, _ in runs} | {'random': []}
+    for k in range(0, len(rows), batch_size):  # each batch is loaded once and serves every method
+        chunk = rows[k:k + batch_size]
+        x = torch.stack([ds[i]['image'] for i in chunk])
+        bx = {n: allboxes[i] for n, i in enumerate(chunk)}
+        maps = {name: label_maps(mdl, x, meth)[0] for name, mdl, meth in runs}
+        maps['random'] = random_maps((len(chunk), len(ds.labels), size, size), seed + k)
+        for name, mp in maps.items():
+            parts[name].append(localisation_scores(mp, bx, ds.labels).assign(image=lambda d: d['image'].map(dict(enumerate(chunk)))))
+    scores = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
     return summarise_localisation(scores), scores
