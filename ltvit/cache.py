@@ -98,6 +98,12 @@ class ImageCache:
         self.index = {i: k for k, i in enumerate(meta['ids'])}
         self._mm = None
 
+    @staticmethod
+    def is_complete(path: str | Path) -> bool:
+        "Is there a finished, verified cache at `path`?"
+        meta = Path(path) / 'meta.json'
+        return meta.is_file() and bool(json.loads(meta.read_text()).get('complete'))
+
     @classmethod
     def open(cls, path: str | Path, ids: Sequence[str] | None = None) -> 'ImageCache':
         "Open the cache at `path`; it must be complete and hold every id in `ids`."

@@ -5,9 +5,7 @@
 # %% ../nbs/01_data.ipynb #240b14e9
 from __future__ import annotations
 
-import json
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -201,7 +199,7 @@ class CXRDataset(Dataset):
         if len(self.table) == 0: raise DataError(f'{name}: the split is empty (after filters); nothing to load.')
         self.targets = np.array(self.table[self.labels].to_numpy(np.float32))  # a writable copy
         self.mask = np.ones_like(self.targets) if mask is None else np.array(mask, np.float32)
-        self._cache, self.cache_dir = None, None
+        self._cache, self.cache_dir, self._pre = None, None, None
         if cache_dir is not None:
             from ltvit.cache import ImageCache
             self._cache = ImageCache.open(cache_dir, ids=self.table['id'])
@@ -212,7 +210,7 @@ class CXRDataset(Dataset):
     def preload(self, progress: bool = False) -> 'CXRDataset':
         "Decode and transform every image once and keep the tensors in memory (for deterministic transforms)."
         from tqdm.auto import tqdm
-        self._pre = None
+        self._pre = None  # (re)build from the images
         xs = [self[i]['image'] for i in tqdm(range(len(self)), desc=f'{self.name}: preload', disable=not progress)]
         self._pre = torch.stack(xs)
         return self
@@ -223,12 +221,12 @@ class CXRDataset(Dataset):
         return Image.fromarray(arr)
 
     def __getitem__(self, i: int) -> dict:
-        if getattr(self, '_pre', None) is not None: x = self._pre[i]
+        if self._pre is not None: x = self._pre[i]
         else:
             im = self.image(i)
             x = self.transform(im) if self.transform is not None else torch.from_numpy(np.asarray(im, np.float32) / 255.0)[None]
         return {'image': x, 'labels': torch.from_numpy(self.targets[i]), 'mask': torch.from_numpy(self.mask[i]),
-                'id': self.table['id'].iat[i]}
+                'id': self.table['id'].iat[i], 'index': i}
 
     def prevalence(self) -> pd.Series:
         "Fraction of positive images per label."
@@ -384,10 +382,8 @@ class CheXpert(CXRDataset):
             m_tr, m_va = patient_split(table, val_frac, seed)
             keep = m_tr if split == 'train' else m_va
             table, mask = table[keep].reset_index(drop=True), mask[keep]
-        paths = {i: _resolve_chexpert_path(self.root, i) for i in table['id']}
-        exists = np.array([p.is_file() for p in paths.values()], bool)
-        paths = {i: p for (i, p), e in zip(paths.items(), exists) if e}
-        keep = table['id'].isin(set(paths)).to_numpy()
+        paths = {i: p for i in table['id'] if (p := _resolve_chexpert_path(self.root, i)).is_file()}
+        keep = table['id'].isin(paths).to_numpy()  # the rows _attach_paths keeps (it fails unless skip_missing)
         table = _attach_paths(table, paths, self.root, skip_missing, f'CheXpert {split}')
         self.split, self.policy = split, policy
         super().__init__(table, labels, transform, mask=mask[keep], cache_dir=cache_dir, name=f'CheXpert {split}')

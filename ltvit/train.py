@@ -9,11 +9,11 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -41,25 +42,10 @@ __all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'buil
            'parse_model_args', 'repo_root', 'default_out_dir', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
-def _rankdata(x: np.ndarray) -> np.ndarray:
-    "Average ranks along the last axis (ties get the mean rank), vectorised."
-    order = np.argsort(x, axis=-1, kind='mergesort')
-    xs = np.take_along_axis(x, order, -1)
-    n = x.shape[-1]
-    ranks_sorted = np.empty_like(xs, dtype=np.float64)
-    for idx in np.ndindex(x.shape[:-1]):
-        v = xs[idx]
-        new = np.r_[True, v[1:] != v[:-1]]
-        starts = np.flatnonzero(new); ends = np.r_[starts[1:], n]
-        ranks_sorted[idx] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    ranks = np.empty_like(ranks_sorted)
-    np.put_along_axis(ranks, order, ranks_sorted, -1)
-    return ranks
-
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     "ROC-AUC along the last axis by the rank (Mann-Whitney) formula; NaN where one class is absent."
     y = y.astype(bool)
-    r = _rankdata(p)
+    r = rankdata(p, axis=-1)  # average ranks for ties
     npos = y.sum(-1); nneg = y.shape[-1] - npos
     with np.errstate(invalid='ignore', divide='ignore'):
         auc = ((r * y).sum(-1) - npos * (npos + 1) / 2) / (npos * nneg)
@@ -95,8 +81,8 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
             if m.all(): boot[:, j] = fast_auc(yb, pb)
             else:
                 for b in range(n_boot): boot[b, j] = fast_auc(yb[b][m[b]], pb[b][m[b]])
-        with np.errstate(all='ignore'), __import__('warnings').catch_warnings():
-            __import__('warnings').simplefilter('ignore')
+        with np.errstate(all='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # all-NaN columns (labels without an AUC) are expected
             means = np.nanmean(np.where(np.isin(np.array(labels), undefined)[None], np.nan, boot), axis=1)
             ci = lambda a: [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))]
             out['mean_auc_ci95'] = ci(means)
@@ -200,7 +186,7 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
     if c.dataset == 'synthetic':  # small: cache it at the training size (seconds), so training is not waiting on PNGs
         from ltvit.cache import cache_dataset
         cache_dataset('synthetic', root, c.img_size, progress=False)
-    cache_dir = cache if (cache / 'meta.json').is_file() and json.loads((cache / 'meta.json').read_text()).get('complete') else None
+    cache_dir = cache if ImageCache.is_complete(cache) else None
     if c.dataset in ('synthetic', 'nih'):
         from ltvit.core import NIH_LABELS
         labels = labels or list(NIH_LABELS)
@@ -302,12 +288,7 @@ def predict(model, loader, device, precision, world: int = 1) -> tuple[np.ndarra
     idx, probs = idx[order], probs[order]
     return probs, ds.targets[idx], ds.mask[idx], [ds.table['id'].iat[i] for i in idx]
 
-class _Indexed(torch.utils.data.Dataset):
-    "A data set whose items also carry their index (to gather predictions across ranks)."
-    def __init__(self, ds): self.ds, self.targets, self.mask, self.table, self.labels = ds, ds.targets, ds.mask, ds.table, ds.labels
-    def __len__(self): return len(self.ds)
-    def __getitem__(self, i):
-        item = self.ds[i]; item['index'] = i; return item
+
 
 # %% ../nbs/03_train.ipynb #cb8eaaf0
 class TrainingDiverged(RuntimeError):
@@ -333,7 +314,7 @@ def _git_commit() -> str | None:
 
 def _loader(ds, batch, sampler, workers, seed=None, drop_last=False):
     g = torch.Generator(); g.manual_seed(seed if seed is not None else 0)
-    return DataLoader(_Indexed(ds), batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       generator=g, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 # %% ../nbs/03_train.ipynb #48d617d2
@@ -398,13 +379,14 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
             x = b['image'].to(dev, non_blocking=True); y = b['labels'].to(dev); m = b['mask'].to(dev)
             with autocast(dev, precision): logits = fwd(x)
             loss = masked_bce(logits, y, m)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f'The loss became {loss.item()} at epoch {epoch + 1}, step {state["step"] + 1}. The last '
+            lv = loss.item()  # the step's one host sync: logging and the NaN check share it
+            if not math.isfinite(lv):
+                raise TrainingDiverged(f'The loss became {lv} at epoch {epoch + 1}, step {state["step"] + 1}. The last '
                                        f'good checkpoint (after epoch {state["epoch"] + 1}) is kept in {out / "checkpoints"}; '
                                        'lower lr or check the data, then run again with resume=True.')
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             state['step'] += 1; sched.step_update(state['step'])
-            losses.append(loss.item()); bar.set_postfix(loss=f'{np.mean(losses[-20:]):.4f}', refresh=False)
+            losses.append(lv); bar.set_postfix(loss=f'{np.mean(losses[-20:]):.4f}', refresh=False)
             if c.max_steps and state['step'] >= c.max_steps: stop = True; break
         bar.close()
         p, y, m, _ = predict(fwd, val_loader, dev, precision, world)

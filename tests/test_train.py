@@ -49,7 +49,7 @@ def test_wrong_dataset_fails_clearly(tmp_path):
     assert not (tmp_path / 'r').exists()
 
 
-def _cli(args, **kw):
+def _cli(args):
     return [sys.executable, '-m', 'ltvit.train'] + [f'--{k.replace("_", "-")}={v}' for k, v in args.items()]
 
 
