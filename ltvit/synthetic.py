@@ -23,7 +23,7 @@ from .core import atomic_write, get_data_dir
 
 # %% auto #0
 __all__ = ['FINDINGS', 'PREVALENCE', 'LATENT', 'sample_findings', 'Anatomy', 'render', 'SyntheticSpec', 'make_synthetic',
-           'show_phantoms']
+           'synthetic_to_chexpert', 'show_phantoms']
 
 # %% ../nbs/01a_synthetic.ipynb #e0d6c3c3
 FINDINGS: tuple[str, ...] = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
@@ -279,6 +279,43 @@ def make_synthetic(out: str | Path | None = None,  # folder to write (default: `
     prev = {f: float(df['Finding Labels'].str.split('|').apply(lambda l: f in l).mean()) for f in FINDINGS}
     atomic_write(meta_path, json.dumps({'key': spec.key(), 'spec': asdict(spec), 'images': len(df),
                                          'prevalence': prev, 'labels': list(FINDINGS), 'complete': True}, indent=1))
+    return out
+
+# %% ../nbs/01a_synthetic.ipynb #4a91f6ec
+_CHEXPERT_FROM_SYNTHETIC = {'Atelectasis': 'Atelectasis', 'Cardiomegaly': 'Cardiomegaly', 'Consolidation': 'Consolidation',
+                            'Edema': 'Edema', 'Effusion': 'Pleural Effusion'}
+
+def synthetic_to_chexpert(src: str | Path,  # a synthetic data set in the NIH layout (`make_synthetic`)
+                          out: str | Path,  # the folder to write
+                          uncertain: float = 0.1,  # fraction of training labels (of the five) marked -1
+                          seed: int = 0,
+                          prefix: str = 'CheXpert-v1.0-small',
+                         ) -> Path:
+    "Write a synthetic data set in CheXpert's schema (train.csv, valid.csv, JPEGs); returns `out`."
+    from ltvit.core import CHEXPERT_14
+    src, out = Path(src), Path(out)
+    if not (src / 'synthetic.json').is_file(): raise FileNotFoundError(f'{src} is not a synthetic data set (no synthetic.json).')
+    if not 0 <= uncertain < 1: raise ValueError(f'uncertain={uncertain}: expected a fraction in [0, 1).')
+    df = pd.read_csv(src / 'Data_Entry_2017.csv')
+    test = set((src / 'test_list.txt').read_text().split())
+    rng = np.random.default_rng([seed, 3])
+    rows = {'train': [], 'valid': []}
+    for r in df.itertuples(index=False):
+        split = 'valid' if r[0] in test else 'train'
+        fs = set(r[1].split('|')) - {'No Finding'}
+        rel = f'{prefix}/{split}/patient{int(r[3]):05d}/study{int(r[2]) + 1}/view1_frontal.jpg'
+        f = out / Path(*Path(rel).parts[1:]); f.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(src / 'images' / r[0]).convert('L').save(f, quality=95)
+        vals = dict.fromkeys(CHEXPERT_14, np.nan)
+        for syn, chx in _CHEXPERT_FROM_SYNTHETIC.items():
+            v = 1.0 if syn in fs else 0.0
+            vals[chx] = -1.0 if split == 'train' and rng.random() < uncertain else v
+        vals['No Finding'] = 1.0 if not fs else np.nan
+        rows[split].append({'Path': rel, 'Sex': 'Male' if r[5] == 'M' else 'Female', 'Age': int(r[4]),
+                            'Frontal/Lateral': 'Frontal', 'AP/PA': r[6], **vals})
+    for split, rs in rows.items():
+        if not rs: raise ValueError(f'{src}: no image for the CheXpert {split} split.')
+        atomic_write(out / f'{split}.csv', pd.DataFrame(rs).to_csv(index=False))
     return out
 
 # %% ../nbs/01a_synthetic.ipynb #aba4b121

@@ -129,6 +129,7 @@ class TrainConfig:
     val_frac: float = 0.1  # patients carved out of train(_val) for validation
     synthetic_patients: int = 1500  # synthetic data: patients (about 2 images each)
     synthetic_contrast: float = 1.0  # synthetic data: finding contrast
+    synthetic_seed: int = 0  # synthetic data: generator seed (another seed gives disjoint phantoms, e.g. for pre-training)
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (exact resume on CPU; slower on GPU)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
@@ -177,7 +178,7 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
     if c.dataset == 'synthetic':
         from ltvit.synthetic import FINDINGS, make_synthetic
         root = make_synthetic(c.data_dir or None, n_patients=c.synthetic_patients, contrast=c.synthetic_contrast,
-                              seed=0, progress=verbose)
+                              seed=c.synthetic_seed, progress=verbose)
         labels = list(FINDINGS)
     else:
         root = get_data_dir(c.data_dir, c.dataset)
