@@ -26,7 +26,7 @@ from .train import repo_root
 # %% auto #0
 __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',
            'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'speed_task',
-           'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'paper_dir',
+           'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'load_grid', 'paper_dir',
            'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
@@ -49,12 +49,14 @@ PRESETS: dict[str, dict] = {
         description='synthetic phantoms at 64 px, a 4-block ViT (width 96), 12 epochs, stand-in pre-trained weights; CPU',
         data='synthetic', size='tiny', model_args='embed_dim:96,depth:4,num_heads:3', img_size=64, epochs=12, batch_size=32,
         lr=1.5e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=2, n2_grid=(1, 2, 3, 4), main_init='ImageNet',
-        n_boot=1000, patients=600, weights=None, loc_images=200, n_examples=6, speed=dict(batch=32, reps=5)),
+        n_boot=1000, patients=600, pretrain_patients=1500, pretrain_epochs=30, weights=None, loc_images=200, n_examples=6,
+        speed=dict(batch=32, reps=5)),
     'tiny': dict(
         description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch; CPU',
         data='synthetic', size='tiny', model_args='embed_dim:48,depth:2,num_heads:2', img_size=32, epochs=1, batch_size=16,
         lr=1e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=1, n2_grid=(1, 2), main_init='ImageNet',
-        n_boot=50, patients=50, weights=None, loc_images=8, n_examples=2, speed=dict(batch=4, reps=1)),
+        n_boot=50, patients=50, pretrain_patients=50, pretrain_epochs=1, weights=None, loc_images=8, n_examples=2,
+        speed=dict(batch=4, reps=1)),
 }
 
 # %% ../nbs/06a_experiments.ipynb #8fa6f633
@@ -76,10 +78,12 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         syn = dict(n_patients=P['patients'], img_size=P['img_size'])
         g.add(Run('data-nih', dict(syn, seed=0, schema='nih'), 'task', 'ltvit.experiments:synthetic_data_task'))
         g.add(Run('data-chexpert', dict(syn, seed=2, schema='chexpert'), 'task', 'ltvit.experiments:synthetic_data_task'))
-        g.add(Run('data-pretrain', dict(syn, seed=1, schema='nih'), 'task', 'ltvit.experiments:synthetic_data_task'))
+        g.add(Run('data-pretrain', dict(syn, n_patients=P['pretrain_patients'], seed=1, schema='nih'), 'task',
+                  'ltvit.experiments:synthetic_data_task'))
         data = {'nih': dict(dataset='synthetic', data_dir='{run:data-nih}', synthetic_patients=P['patients'], synthetic_seed=0),
                 'chexpert': dict(dataset='chexpert', data_dir='{run:data-chexpert}', chexpert_labels='chexpert5', label_policy='mixed')}
-        g.add(Run('pretrain', dict(base, **{**data['nih'], 'data_dir': '{run:data-pretrain}', 'synthetic_seed': 1},
+        g.add(Run('pretrain', dict(base, **{**data['nih'], 'data_dir': '{run:data-pretrain}', 'synthetic_seed': 1,
+                                            'synthetic_patients': P['pretrain_patients']}, epochs=P['pretrain_epochs'],
                                    model='vit_tiny_patch16_224', model_args=P['model_args']), tags=[{'role': 'stand-in pre-training'}]))
         layouts = {'ImageNet': 'timm', 'DINO': 'dino', 'MAE': 'mae'}
         weights = {}
@@ -117,11 +121,13 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
                                                       'default': n2 == P['n2']}])
     for v in VARIANTS:
         train_run('nih', 'ltvit', main, variant=v, tags=[{'table': 'ablation', 'variant': v, 'n2': P['n2'], 'default': False}])
+    train_run('nih', 'vit', main, tags=[{'table': 'ablation', 'variant': 'ViT baseline (no label tokens)', 'n2': '-', 'default': False,
+                                         'baseline': True}])
     g.add(Run('localisation', dict(lt_run='{run:nih-ltvit-' + main + '}', vit_run='{run:nih-vit-' + main + '}',
                                    max_images=P['loc_images'], n_examples=P['n_examples']), 'task',
               'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
     g.add(Run('speed', dict(size=P['size'], model_args=P['model_args'], img_size=P['img_size'], num_labels=14, n2=P['n2'],
-                            **P['speed']), 'task', 'ltvit.experiments:speed_task', tags=[{'table': 'speed'}]))
+                            **P['speed']), 'task', 'ltvit.experiments:speed_task', tags=[{'table': 'speed'}], exclusive=True))
     return g
 
 # %% ../nbs/06a_experiments.ipynb #4d6ac227
@@ -298,7 +304,7 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
 
 # %% ../nbs/06a_experiments.ipynb #95717666
 PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
-    'main_comparison': ('main',), 'initialisations': ('init',), 'ablation_n2': ('ablation', 'main'),
+    'main_comparison': ('main',), 'initialisations': ('init',), 'ablation_n2': ('ablation',),
     'attention_maps': ('maps',), 'localisation': ('localisation',), 'speed': ('speed',),
 }
 
@@ -306,6 +312,14 @@ def runs_dir(preset: str, runs: str | Path | None = None) -> Path:
     "A grid's folder: `runs`, else `$LTVIT_RUNS/<preset>`, else `<repository>/runs/<preset>`."
     if runs: return Path(runs)
     return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs') / preset
+
+def load_grid(preset: str, runs: str | Path | None = None) -> tuple[Grid, Path]:
+    "The current grid of `preset` and its folder; the paper preset's data folders come from the folder's `grid.json`."
+    root, dirs = runs_dir(preset, runs), {}
+    if PRESETS.get(preset, {}).get('data') == 'real' and (root / 'grid.json').is_file():
+        for r in json.loads((root / 'grid.json').read_text())['runs'].values():
+            if r['name'] in ('cache-nih', 'cache-chexpert'): dirs[f'{r["name"][6:]}_dir'] = r['params']['data_dir']
+    return make_grid(preset, **dirs), root
 
 def paper_dir() -> Path:
     "`nbs/paper` of the repository checkout."
@@ -315,7 +329,10 @@ def paper_dir() -> Path:
     return d
 
 def _clean_notebook(path: Path):
-    "Strip execution metadata (as nbdev_clean does) so a published notebook diffs only where results changed."
+    "Strip execution metadata (with nbdev_clean where installed) so a published notebook diffs only where results changed."
+    cleaner = Path(sys.executable).parent / 'nbdev_clean'
+    if cleaner.is_file() and subprocess.run([str(cleaner), '--fname', str(path)], cwd=repo_root(), capture_output=True).returncode == 0:
+        return
     nb = json.loads(path.read_text())
     nb['metadata'] = {k: v for k, v in nb['metadata'].items() if k == 'kernelspec'}
     for c in nb['cells']:

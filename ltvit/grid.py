@@ -39,6 +39,7 @@ class Run:
     fn: str | None = None  # task: 'module:function', called as fn(out_dir, **params) -> dict
     tags: list[dict] = field(default_factory=list)  # where the run appears in tables
     after: Sequence[str] = ()  # runs that must finish first without being referred to (e.g. a data cache)
+    exclusive: bool = False  # run alone, with every core (benchmarks): nothing else runs beside it
 
     def needs(self) -> list[str]:
         "Names of the runs this one refers to or comes after."
@@ -187,7 +188,7 @@ def run_grid(grid: Grid, root: str | Path,
     names = grid.order(only)
     atomic_write(root / 'grid.json', json.dumps({'preset': grid.preset, 'meta': grid.meta, 'runs': {
         grid.id(n): {'name': n, 'kind': grid.runs[n].kind, 'fn': grid.runs[n].fn, 'params': grid.runs[n].params,
-                     'tags': grid.runs[n].tags} for n in grid.order()}}, indent=1, sort_keys=True, default=str))
+                     'tags': grid.runs[n].tags, 'after': list(grid.runs[n].after)} for n in grid.order()}}, indent=1, sort_keys=True, default=str))
     status = run_status(grid, root).set_index('name')['status'].to_dict()
     todo = [n for n in names if status[n] != 'finished']
     for n in todo: check_folder(grid, n, root)
@@ -208,7 +209,8 @@ def run_grid(grid: Grid, root: str | Path,
         t = time.time()
         with open(out / 'log.txt', 'a') as f:
             f.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(cmd)}\n'); f.flush()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_device_env(slot, len(slots))).returncode
+            env = _device_env(slot, 1 if grid.runs[n].exclusive else len(slots))
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         return rc, time.time() - t
     with ThreadPoolExecutor(len(slots)) as pool:
         pending = list(todo)
@@ -218,6 +220,8 @@ def run_grid(grid: Grid, root: str | Path,
                 if any(d in failed or d in blocked for d in needs):
                     blocked.add(n); pending.remove(n); log(f'  blocked  {n}: needs {", ".join(d for d in needs if d in failed or d in blocked)}')
                 elif free and all(d in done for d in needs):
+                    if grid.runs[n].exclusive and running: continue  # waits until nothing else runs
+                    if any(grid.runs[m].exclusive for m, _ in running.values()): continue
                     slot = free.pop(0); pending.remove(n)
                     where = f' on GPU {slot}' if slot is not None else ''
                     log(f'  {"resume" if status[n] == "broken" else "start"}   {n} ({grid.id(n)}){where}')
@@ -239,6 +243,6 @@ def run_grid(grid: Grid, root: str | Path,
                          'broken ones resume.')
     return st
 
-# %% ../nbs/06_grid.ipynb #e2dd0ce7
+# %% ../nbs/06_grid.ipynb #9e86cdde
 #| eval: false
 if __name__ == '__main__': run_task(sys.argv[1])

@@ -65,7 +65,7 @@ def test_quarto_site_parses_and_every_page_exists():
     assert q['project']['type'] == 'website'
     assert 'nbdev_filter' in q['ipynb-filters']
     sections = [s['section'] for s in q['website']['sidebar']['contents'] if isinstance(s, dict)]
-    assert sections == ['Library', 'Paper', 'Guides']
+    assert sections == ['Tour', 'Library', 'Paper', 'Guides']
     pages = list(_site_pages(q['website']['sidebar']['contents'])) + list(_site_pages(q['website']['navbar']))
     assert pages
     for p in pages:

@@ -1,0 +1,142 @@
+"""The paper driver on the tiny preset (same grid shape as quick and paper, toy sizes): the whole grid runs
+through papermill, a second run skips everything, a broken run resumes, missing runs are reported with the
+command that makes them, every figure and table notebook executes, and a table cell traces back to its run."""
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ltvit.experiments import PAPER_NOTEBOOKS, make_grid, run_paper_notebooks
+from ltvit.grid import run_status
+from ltvit.results import collect, run_table
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, '-c', 'import sys; from ltvit.experiments import main; sys.exit(main())']
+
+
+def ltvit_paper(*args, timeout=1200):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "The tiny preset's grid, run once from scratch by the command line driver (two runs at a time)."
+    root = tmp_path_factory.mktemp('grid') / 'tiny'
+    t = time.time()
+    r = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--jobs', '2', '--no-notebooks')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    print(f'tiny grid: {time.time() - t:.0f} s')
+    return make_grid('tiny'), root, r.stdout
+
+
+def test_grid_runs_every_run_then_skips_them(tiny):
+    grid, root, first = tiny
+    st = run_status(grid, root)
+    assert (st['status'] == 'finished').all(), st[st['status'] != 'finished']
+    assert f'{len(grid)} runs, 0 finished (skipped)' in first and first.count('  done ') == len(grid)
+    for name in ('nih-ltvit-ImageNet', 'chexpert-vit-ImageNet'):  # training runs went through the notebook
+        d = grid.folder(name, root)
+        assert (d / 'run.ipynb').is_file() and (d / 'best.safetensors').is_file()
+        assert json.loads((d / 'params.json').read_text())['out_dir'] == str(d)
+    again = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--no-notebooks')
+    assert again.returncode == 0 and f'{len(grid)} finished (skipped)' in again.stdout and ' start ' not in again.stdout
+
+
+def test_broken_run_resumes_from_its_checkpoint(tiny):
+    grid, root, _ = tiny
+    d = grid.folder('nih-ltvit-random', root)
+    before = json.loads((d / 'metrics.json').read_text())
+    (d / 'metrics.json').unlink()  # interrupted after its last checkpoint, before the results were written
+    assert run_status(grid, root).set_index('name').loc['nih-ltvit-random', 'status'] == 'broken'
+    r = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--only', 'nih-ltvit-random', '--no-notebooks')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '1 to resume, 0 to start' in r.stdout and 'resume   nih-ltvit-random' in r.stdout
+    assert 'Resuming' in (d / 'log.txt').read_text().split('=== ')[-1]  # continued, did not start over
+    after = json.loads((d / 'metrics.json').read_text())
+    assert after['mean_auc'] == before['mean_auc'] and after['steps'] == before['steps']
+
+
+def test_missing_runs_are_reported_with_the_command_that_makes_them(tiny, tmp_path):
+    grid, root, _ = tiny
+    gone = grid.folder('nih-vit-DINO', root)
+    moved = tmp_path / gone.name
+    shutil.move(gone, moved)
+    try:
+        t = run_table(grid, root, 'init', {'table': 'init'}, ['init', 'model'], {'AUC': lambda m: m['mean_auc']})
+        assert [r.name for r in t.missing] == ['nih-vit-DINO'] and t.formatted().loc[('DINO', 'ViT'), 'AUC'] == 'missing'
+        assert t.command() == f'ltvit_paper --preset tiny --runs {root} --only nih-vit-DINO'
+        # the notebook says so instead of failing or showing an old number
+        nb = run_paper_notebooks('tiny', root, ['initialisations'], save_dir=tmp_path / 'out', log=lambda s: None)['initialisations']
+        text = json.dumps(json.loads(nb.read_text())['cells'])
+        assert 'runs are not finished' in text and '--only nih-vit-DINO' in text
+        row = next(l for l in (tmp_path / 'out' / 'tables' / 'initialisations.md').read_text().splitlines() if '| DINO ' in l and '| ViT ' in l)
+        assert row.count('missing') == 3, row  # mean AUC and its interval; the weights' description is not a result
+        assert json.loads((tmp_path / 'out' / 'tables' / 'initialisations.json').read_text())['missing'] == ['nih-vit-DINO']
+        # the reported command makes it
+        cmd = t.command().split()[1:]
+        r = ltvit_paper(*cmd, '--no-notebooks')
+        assert r.returncode == 0 and '1 to start' in r.stdout, r.stderr[-2000:]
+        assert run_table(grid, root, 'init', {'table': 'init'}, ['init', 'model'], {'AUC': lambda m: m['mean_auc']}).complete
+    finally:
+        if not gone.exists(): shutil.move(moved, gone)
+
+
+def _outputs(nb: Path):
+    md, png = [], []
+    for c in json.loads(nb.read_text())['cells']:
+        for o in c.get('outputs', []):
+            d = o.get('data', {})
+            if 'text/markdown' in d: md.append(''.join(d['text/markdown']))
+            if 'image/png' in d: png.append(base64.b64decode(''.join(d['image/png'])))
+    return md, png
+
+
+@pytest.fixture(scope='module')
+def site(tiny, tmp_path_factory):
+    "Every figure and table notebook executed on the finished tiny grid."
+    grid, root, _ = tiny
+    out = tmp_path_factory.mktemp('site')
+    return run_paper_notebooks('tiny', root, save_dir=out, log=lambda s: None), out
+
+
+def test_every_paper_notebook_executes_and_shows_what_it_saved(site):
+    done, out = site
+    assert set(done) == set(PAPER_NOTEBOOKS)
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob('*/*.json'))]
+    assert {m['notebook'] for m in metas} == set(PAPER_NOTEBOOKS)  # every notebook saved something
+    for m in metas:
+        md, png = _outputs(done[m['notebook']])
+        assert m['preset'] == 'tiny' and m['missing'] == [] and 'Preset `tiny`' in m['caption']
+        assert any(m['caption'] in s for s in md), f'{m["name"]}: caption not shown'
+        if m['kind'] == 'table':
+            assert (out / 'tables' / f'{m["name"]}.md').read_text() in md  # the notebook shows the saved table
+            assert 'missing' not in (out / 'tables' / f'{m["name"]}.md').read_text()
+        else:
+            assert (out / 'figures' / f'{m["name"]}.png').read_bytes() in png  # and the saved figure, byte for byte
+            assert (out / 'figures' / f'{m["name"]}.pdf').read_bytes()[:4] == b'%PDF'
+            assert (out / 'figures' / f'{m["name"]}.svg').read_text().lstrip().startswith('<?xml')
+    reported = pd.read_csv(out / 'tables' / 'main_reported.csv')
+    assert (reported['kind'] == 'reported').all() and reported['source'].notna().all()
+
+
+def test_a_table_cell_traces_to_its_run(tiny, site):
+    grid, root, _ = tiny
+    _, out = site
+    meta = json.loads((out / 'tables' / 'main_comparison.json').read_text())
+    (run_id,) = meta['cells'][str(('CheXpert', 'LT-ViT'))]['Mean AUC (%)']
+    folder = root / grid.id(run_id)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['config']['dataset'] == 'chexpert' and config['config']['model'].startswith('ltvit_')
+    assert config['split_sizes']['test'] > 0 and grid.id(run_id) in meta['runs']
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    csv = pd.read_csv(out / 'tables' / 'main_comparison.csv').set_index(['dataset', 'model'])
+    assert abs(csv.loc[('CheXpert', 'LT-ViT'), 'Mean AUC (%)'] - 100 * metrics['mean_auc']) < 1e-4
+    # the ResultTable API gives the same run
+    r = next(r for r in collect(grid, root, table='main') if r.tag['dataset'] == 'CheXpert' and r.tag['model'] == 'LT-ViT')
+    assert r.name == run_id and r.folder == folder
