@@ -287,13 +287,13 @@ def estimate_gpu_hours(grid: Grid,
         rows.append({'run': n, 'model': p['model'], 'dataset': p['dataset'], 'epochs': p['epochs'],
                      'train GFLOPs/image': f / 1e9, 'GPU hours': (train_s + eval_s) / 3600,
                      'tables': ', '.join(sorted({t['table'] for t in r.tags if 'table' in t}))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=['run', 'model', 'dataset', 'epochs', 'train GFLOPs/image', 'GPU hours', 'tables'])
 
 def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: float, gpus: int = 1) -> str:
     "The estimate as `ltvit_paper` prints it: per table, in total, and the assumptions."
     by_table = {}
-    for r in est.itertuples():
-        for t in r.tables.split(', '): by_table[t] = by_table.get(t, 0.0) + r._6
+    for tables, hours in zip(est['tables'], est['GPU hours']):
+        for t in tables.split(', '): by_table[t] = by_table.get(t, 0.0) + hours
     total = est['GPU hours'].sum()
     lines = [f'Estimated GPU time: {total:.0f} GPU hours for {len(est)} training runs '
              f'(about {total / max(1, gpus):.0f} h of wall time on {max(1, gpus)} GPU(s)).']
