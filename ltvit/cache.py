@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import atomic_write
 from .data import DataError, load_image

@@ -209,7 +209,7 @@ class CXRDataset(Dataset):
 
     def preload(self, progress: bool = False) -> 'CXRDataset':
         "Decode and transform every image once and keep the tensors in memory (for deterministic transforms)."
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         self._pre = None  # (re)build from the images
         xs = [self[i]['image'] for i in tqdm(range(len(self)), desc=f'{self.name}: preload', disable=not progress)]
         self._pre = torch.stack(xs)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import atomic_write, get_data_dir
 
