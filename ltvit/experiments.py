@@ -250,7 +250,7 @@ def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: i
 # %% ../nbs/06a_experiments.ipynb #b25fc905
 DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
     'nih': {'train_val': 86_524, 'test': 25_596},  # the official split lists
-    'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal
+    'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal views (approximate counts)
 }
 
 def train_flops_per_image(model: str, img_size: int, model_args: str = '', n2: int | None = None, num_labels: int = 14) -> float:
