@@ -39,6 +39,13 @@ def test_every_page_is_in_the_navigation():
     for n in PAPER_NOTEBOOKS: assert (PAPER / f'{n}.ipynb') in pages
 
 
+def test_saved_figures_and_tables_are_published_with_the_site():
+    q, _ = _pages()
+    published = {Path(p) for pat in q['project']['resources'] for p in glob.glob(str(ROOT / pat))}
+    saved = {p for p in PAPER.glob('*/*') if p.parent.name in ('figures', 'tables')}
+    assert saved and saved <= published, sorted(saved - published)[:5]
+
+
 def test_every_picture_and_local_link_exists():
     _, pages = _pages()
     for page in pages:
