@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import pandas as pd
 import torch
 
 from .core import atomic_write
-from .grid import Grid, Run, run_grid, run_status
-from .train import repo_root
+from .grid import Grid, Run, checkout_path, run_grid, run_status
+from .train import repo_root, runs_root
 
 # %% auto #0
 __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',
@@ -250,7 +249,7 @@ def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: i
 # %% ../nbs/06a_experiments.ipynb #b25fc905
 DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
     'nih': {'train_val': 86_524, 'test': 25_596},  # the official split lists
-    'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal views (approximate counts)
+    'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal
 }
 
 def train_flops_per_image(model: str, img_size: int, model_args: str = '', n2: int | None = None, num_labels: int = 14) -> float:
@@ -309,40 +308,29 @@ PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
 }
 
 def runs_dir(preset: str, runs: str | Path | None = None) -> Path:
-    "A grid's folder: `runs`, else `$LTVIT_RUNS/<preset>`, else `<repository>/runs/<preset>`."
-    if runs: return Path(runs)
-    return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs') / preset
+    "A grid's folder: `runs`, else `runs_root()/<preset>` (`$LTVIT_RUNS` or `<repository>/runs`)."
+    return Path(runs) if runs else runs_root() / preset
 
-def load_grid(preset: str, runs: str | Path | None = None) -> tuple[Grid, Path]:
-    "The current grid of `preset` and its folder; the paper preset's data folders come from the folder's `grid.json`."
+def load_grid(preset: str, runs: str | Path | None = None,
+              nih_dir: str | None = None, chexpert_dir: str | None = None,  # paper: given folders win over recorded ones
+             ) -> tuple[Grid, Path]:
+    "The current grid of `preset` and its folder; the paper preset's data folders, when not given, are those its `grid.json` recorded."
     root, dirs = runs_dir(preset, runs), {}
     if PRESETS.get(preset, {}).get('data') == 'real' and (root / 'grid.json').is_file():
         for r in json.loads((root / 'grid.json').read_text())['runs'].values():
             if r['name'] in ('cache-nih', 'cache-chexpert'): dirs[f'{r["name"][6:]}_dir'] = r['params']['data_dir']
+    dirs.update({k: v for k, v in (('nih_dir', nih_dir), ('chexpert_dir', chexpert_dir)) if v is not None})
     return make_grid(preset, **dirs), root
 
 def paper_dir() -> Path:
     "`nbs/paper` of the repository checkout."
-    d = repo_root(Path(__file__).parent if '__file__' in globals() else '.') / 'nbs' / 'paper'
-    if not d.is_dir(): d = repo_root() / 'nbs' / 'paper'
-    if not d.is_dir(): raise FileNotFoundError(f'{d} does not exist: run the paper notebooks from a checkout of the repository.')
-    return d
+    return checkout_path('nbs', 'paper')
 
 def _clean_notebook(path: Path):
-    "Strip execution metadata (with nbdev_clean where installed) so a published notebook diffs only where results changed."
+    "Strip execution metadata with nbdev_clean (as `./dev check` does), so a published notebook diffs only where results changed."
     cleaner = Path(sys.executable).parent / 'nbdev_clean'
-    if cleaner.is_file() and subprocess.run([str(cleaner), '--fname', str(path)], cwd=repo_root(), capture_output=True).returncode == 0:
-        return
-    nb = json.loads(path.read_text())
-    nb['metadata'] = {k: v for k, v in nb['metadata'].items() if k == 'kernelspec'}
-    for c in nb['cells']:
-        c['metadata'] = {k: v for k, v in c.get('metadata', {}).items() if k == 'tags'}
-        if c['cell_type'] == 'code':
-            c['execution_count'] = None
-            for o in c.get('outputs', []):
-                if 'execution_count' in o: o['execution_count'] = None
-                o.get('metadata', {}).clear() if isinstance(o.get('metadata'), dict) else None
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + '\n')
+    if not cleaner.is_file(): raise FileNotFoundError(f'--publish needs nbdev_clean (the dev tools: ./dev setup); not found at {cleaner}.')
+    subprocess.run([str(cleaner), '--fname', str(path)], cwd=repo_root(), check=True, capture_output=True)
 
 def run_paper_notebooks(preset: str, root: str | Path, names: Sequence[str] | None = None,
                         save_dir: str | Path | None = None,  # figures and tables (default: <root>/artefacts)
@@ -372,7 +360,7 @@ def run_paper_notebooks(preset: str, root: str | Path, names: Sequence[str] | No
         done[n] = dst
     return done
 
-# %% ../nbs/06a_experiments.ipynb #0ed4a0e7
+# %% ../nbs/06a_experiments.ipynb #92370eb6
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: run a preset's grid (or part of it), then the figure and table notebooks."
     from ltvit.grid import GridFailed
@@ -394,8 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument('--gpu-tflops', type=float, default=300.0, help='sustained TFLOP/s per GPU for the estimate')
     p.add_argument('--loader-rate', type=float, default=2900.0, help='data loader images/s per GPU for the estimate')
     a = p.parse_args(argv)
-    grid = make_grid(a.preset, a.nih_dir, a.chexpert_dir)
-    root = runs_dir(a.preset, a.runs)
+    grid, root = load_grid(a.preset, a.runs, a.nih_dir, a.chexpert_dir)  # later calls need not repeat the data folders
     tables = [t.strip() for t in a.tables.split(',')] if a.tables else None
     known = {t for v in PAPER_NOTEBOOKS.values() for t in v}
     if tables and set(tables) - known: p.error(f'--tables: unknown {sorted(set(tables) - known)}; expected some of {sorted(known)}.')

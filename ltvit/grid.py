@@ -24,11 +24,14 @@ from .core import atomic_write
 from .train import repo_root
 
 # %% auto #0
-__all__ = ['REF', 'Run', 'Grid', 'run_status', 'training_notebook', 'check_folder', 'run_command', 'run_task', 'example_task',
-           'GridFailed', 'run_grid']
+__all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_status', 'checkout_path', 'training_notebook', 'check_folder', 'run_command',
+           'run_task', 'example_task', 'GridFailed', 'run_grid']
 
 # %% ../nbs/06_grid.ipynb #915d108d
 REF = re.compile(r'\{run:([\w.\-]+)\}')
+
+def _canon(obj) -> str: return json.dumps(obj, sort_keys=True, separators=(',', ':'), default=str)
+def _definition(kind, fn, params) -> str: return _canon([kind, fn, params])
 
 @dataclass
 class Run:
@@ -45,9 +48,11 @@ class Run:
         "Names of the runs this one refers to or comes after."
         return sorted({m for v in self.params.values() if isinstance(v, str) for m in REF.findall(v)} | set(self.after))
 
-# %% ../nbs/06_grid.ipynb #b8ea7e2b
-def _canon(obj) -> str: return json.dumps(obj, sort_keys=True, separators=(',', ':'), default=str)
+    def definition(self) -> str:
+        "What identifies the run (kind, function, parameters) as canonical JSON; tags and scheduling are not part of it."
+        return _definition(self.kind, self.fn, self.params)
 
+# %% ../nbs/06_grid.ipynb #40f17f8f
 class Grid:
     "The runs of one preset, with their dependencies; run folders live under a root folder."
     def __init__(self, preset: str, runs: Sequence[Run] = (), meta: dict | None = None):
@@ -58,7 +63,7 @@ class Grid:
         "Add a run; the same name with the same definition merges tags, with another definition is an error."
         old = self.runs.get(run.name)
         if old is None: self.runs[run.name] = run; return run
-        if (old.kind, old.fn, _canon(old.params)) != (run.kind, run.fn, _canon(run.params)):
+        if old.definition() != run.definition():
             raise ValueError(f'Grid {self.preset!r}: two different runs are named {run.name!r}.')
         old.tags += [t for t in run.tags if t not in old.tags]
         return old
@@ -99,33 +104,41 @@ class Grid:
     def __len__(self): return len(self.runs)
     def __repr__(self): return f'Grid({self.preset!r}, {len(self)} runs)'
 
-# %% ../nbs/06_grid.ipynb #121e998e
+# %% ../nbs/06_grid.ipynb #a1a6c134
+def run_state(grid: Grid, name: str, root: str | Path) -> str:
+    "'finished', 'broken', 'missing' or 'stale' (the folder's `grid.json` records another definition)."
+    d = grid.folder(name, root)
+    if not d.is_dir(): return 'missing'
+    if (d / 'grid.json').is_file():
+        prev = json.loads((d / 'grid.json').read_text())
+        if _definition(prev.get('kind'), prev.get('fn'), prev.get('params')) != grid.runs[name].definition(): return 'stale'
+    return 'finished' if (d / 'metrics.json').is_file() else 'broken'
+
 def run_status(grid: Grid, root: str | Path) -> pd.DataFrame:
-    "One row per run: name, id, kind, status ('finished', 'broken', 'missing'), folder, tags."
+    "One row per run: name, id, kind, status (`run_state`), folder, tags."
     rows = []
     for n in grid.order():
-        d = grid.folder(n, root)
-        st = 'finished' if (d / 'metrics.json').is_file() else 'broken' if d.is_dir() else 'missing'
+        d, st = grid.folder(n, root), run_state(grid, n, root)
         rows.append({'name': n, 'id': grid.id(n), 'kind': grid.runs[n].kind, 'status': st, 'folder': str(d),
                      'tags': '; '.join(', '.join(f'{k}={v}' for k, v in t.items()) for t in grid.runs[n].tags)})
     return pd.DataFrame(rows, columns=['name', 'id', 'kind', 'status', 'folder', 'tags'])
 
-# %% ../nbs/06_grid.ipynb #17f56fec
+# %% ../nbs/06_grid.ipynb #2887c47f
+def checkout_path(*parts: str) -> Path:
+    "A path inside the repository checkout (beside the installed package, else above the working folder); it must exist."
+    here = Path(__file__).parent if '__file__' in globals() else Path('.')
+    for base in (repo_root(here), repo_root()):
+        if (p := base.joinpath(*parts)).exists(): return p
+    raise FileNotFoundError(f'{"/".join(parts)} is not in the repository checkout ({repo_root()}): run this from a checkout.')
+
 def training_notebook() -> Path:
     "`nbs/05_train.ipynb` of the repository checkout (the grid runs it with papermill)."
-    nb = repo_root(Path(__file__).parent if '__file__' in globals() else '.') / 'nbs' / '05_train.ipynb'
-    if not nb.is_file():
-        nb = repo_root() / 'nbs' / '05_train.ipynb'
-    if not nb.is_file(): raise FileNotFoundError(f'The training notebook is not at {nb}: run grids from a checkout of the repository.')
-    return nb
+    return checkout_path('nbs', '05_train.ipynb')
 
 def check_folder(grid: Grid, name: str, root: str | Path):
     "Raise if the run's folder holds the `grid.json` of another definition."
-    r, old = grid.runs[name], grid.folder(name, root) / 'grid.json'
-    if old.is_file():
-        prev = json.loads(old.read_text())
-        if (prev.get('kind'), prev.get('fn'), _canon(prev.get('params'))) != (r.kind, r.fn, _canon(r.params)):
-            raise RuntimeError(f'{old.parent} holds another run ({old} differs); move it away before running the grid.')
+    if run_state(grid, name, root) == 'stale':
+        raise RuntimeError(f'{grid.folder(name, root)} holds another run (its grid.json differs); move it away before running the grid.')
 
 def _write_spec(grid: Grid, name: str, root: Path) -> tuple[Path, dict]:
     r, out = grid.runs[name], grid.folder(name, root)

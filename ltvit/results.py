@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write
-from .grid import Grid, Run
+from .grid import Grid, Run, run_state
 from .train import repo_root
 
 # %% auto #0
@@ -43,13 +43,7 @@ def _read_json(p: Path) -> dict | None: return json.loads(p.read_text()) if p.is
 
 def read_run(grid: Grid, name: str, root: str | Path, tag: dict | None = None) -> RunResult:
     "One run's status, metrics and config."
-    r, d = grid.runs[name], grid.folder(name, root)
-    spec = _read_json(d / 'grid.json')
-    if not d.is_dir(): status = 'missing'
-    elif spec is not None and (spec.get('kind'), spec.get('fn'), json.dumps(spec.get('params'), sort_keys=True)) != \
-            (r.kind, r.fn, json.dumps(r.params, sort_keys=True)): status = 'stale'
-    elif (d / 'metrics.json').is_file(): status = 'finished'
-    else: status = 'broken'
+    d, status = grid.folder(name, root), run_state(grid, name, root)
     res = RunResult(name, grid.id(name), d, status, tag or {})
     if status == 'finished': res.metrics, res.config = _read_json(d / 'metrics.json'), _read_json(d / 'config.json')
     return res
@@ -180,8 +174,8 @@ def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the sa
     def mean_auc(s, ix=None):
         yy, ss = (y, s) if ix is None else (y[ix], s[ix])
         return np.nanmean(np.stack([fast_auc(yy[..., j], ss[..., j]) for j in range(len(labels))]), axis=0)
-    with np.errstate(all='ignore'), __import__('warnings').catch_warnings():
-        __import__('warnings').simplefilter('ignore')
+    with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # labels without both classes in a resample give NaN, skipped by nanmean
         d = mean_auc(sb, idx) - mean_auc(sa, idx)
         delta = float(mean_auc(sb) - mean_auc(sa))
     d = d[np.isfinite(d)]

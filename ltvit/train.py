@@ -39,7 +39,7 @@ from .model import LTViT, load_pretrained, save_model
 # %% auto #0
 __all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'masked_bce',
            'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
-           'parse_model_args', 'repo_root', 'default_out_dir', 'main']
+           'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -497,10 +497,13 @@ def repo_root(start: str | Path = '.') -> Path:
         if (q / 'settings.ini').is_file(): return q
     return p
 
+def runs_root() -> Path:
+    "Where runs go: `$LTVIT_RUNS`, else `<repo>/runs`."
+    return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs')
+
 def default_out_dir(dataset: str, model: str | None) -> Path:
-    "A new run folder: `$LTVIT_RUNS` (default `<repo>/runs`) / `<dataset>-<model>-<timestamp>`."
-    base = Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs')
-    return base / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
+    "A new run folder: `runs_root()` / `<dataset>-<model>-<timestamp>`."
+    return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_train.ipynb #7943cd2e
 def _parse_value(v: str):
