@@ -1,7 +1,6 @@
 """The paper driver on the tiny preset (same grid shape as quick and paper, toy sizes): the whole grid runs
 through papermill, a second run skips everything, a broken run resumes, missing runs are reported with the
 command that makes them, every figure and table notebook executes, and a table cell traces back to its run."""
-import base64
 import json
 import shutil
 import subprocess
@@ -87,16 +86,6 @@ def test_missing_runs_are_reported_with_the_command_that_makes_them(tiny, tmp_pa
         if not gone.exists(): shutil.move(moved, gone)
 
 
-def _outputs(nb: Path):
-    md, png = [], []
-    for c in json.loads(nb.read_text())['cells']:
-        for o in c.get('outputs', []):
-            d = o.get('data', {})
-            if 'text/markdown' in d: md.append(''.join(d['text/markdown']))
-            if 'image/png' in d: png.append(base64.b64decode(''.join(d['image/png'])))
-    return md, png
-
-
 @pytest.fixture(scope='module')
 def site(tiny, tmp_path_factory):
     "Every figure and table notebook executed on the finished tiny grid."
@@ -105,13 +94,13 @@ def site(tiny, tmp_path_factory):
     return run_paper_notebooks('tiny', root, save_dir=out, log=lambda s: None), out
 
 
-def test_every_paper_notebook_executes_and_shows_what_it_saved(site):
+def test_every_paper_notebook_executes_and_shows_what_it_saved(site, notebook_outputs):
     done, out = site
     assert set(done) == set(PAPER_NOTEBOOKS)
     metas = [json.loads(p.read_text()) for p in sorted(out.glob('*/*.json'))]
     assert {m['notebook'] for m in metas} == set(PAPER_NOTEBOOKS)  # every notebook saved something
     for m in metas:
-        md, png = _outputs(done[m['notebook']])
+        md, png = notebook_outputs(done[m['notebook']])
         assert m['preset'] == 'tiny' and m['missing'] == [] and 'Preset `tiny`' in m['caption']
         assert any(m['caption'] in s for s in md), f'{m["name"]}: caption not shown'
         if m['kind'] == 'table':

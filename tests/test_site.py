@@ -1,6 +1,5 @@
 """The docs site: every page and every picture it references exists, and the committed result pages show
 exactly the figures and tables of the latest quick-preset results (the current quick grid's runs)."""
-import base64
 import glob
 import json
 import re
@@ -55,22 +54,13 @@ def test_every_picture_and_local_link_exists():
             assert (page.parent / target).exists(), f'{page.relative_to(ROOT)} references {target}, which does not exist'
 
 
-def _outputs(nb: Path):
-    md, png = [], []
-    for c in json.loads(nb.read_text())['cells']:
-        for o in c.get('outputs', []):
-            if o.get('output_type') == 'error': raise AssertionError(f'{nb.name} holds an error output')
-            d = o.get('data', {})
-            if 'text/markdown' in d: md.append(''.join(d['text/markdown']))
-            if 'image/png' in d: png.append(base64.b64decode(''.join(d['image/png'])))
-    return md, png
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_NOTEBOOKS))
-def test_result_page_shows_the_latest_quick_results(name):
+def test_result_page_shows_the_latest_quick_results(name, notebook_outputs):
     "Committed executed on the current quick grid: each saved figure/table is shown as saved, with the preset in its caption."
     nb = PAPER / f'{name}.ipynb'
-    md, png = _outputs(nb)
+    md, png = notebook_outputs(nb)
     assert md or png, f'{name}.ipynb is committed without outputs: run ltvit_paper --preset quick --publish'
     quick = make_grid('quick')
     ids = {quick.id(n) for n in quick.runs}
