@@ -49,8 +49,8 @@ def attention_maps(model: LTViT,  # a trained LT-ViT
     n_img, n_pre, (gh, gw), C = out['n_img'], out['n_prefix'], out['grid'], model.num_classes
     atts = out['attention'] if blocks == 'mean' else out['attention'][-1:]
     maps = []
-    for a in atts:  # (B, heads, N, N)
-        m = a[:, :, n_img:n_img + C, n_pre:n_img].float()  # label queries -> patch keys
+    for a in atts:  # (B, heads, C, N): label queries over all keys
+        m = a[:, :, :, n_pre:n_img].float()  # label queries -> patch keys
         m = m / m.sum(-1, keepdim=True).clamp_min(1e-12)  # renormalise over patches
         maps.append(m.mean(1))  # average over heads: (B, C, P)
     m = torch.stack(maps).mean(0).reshape(x.shape[0], C, gh, gw)
@@ -80,7 +80,7 @@ def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
     C = probs.shape[1]
     out = []
     layer = model.blocks[-1].norm1
-    if getattr(model, 'lt_blocks', None) is not None: layer = model.lt_blocks[str(len(model.blocks) - 1)].norm1
+    if getattr(model, 'lt_blocks', None) is not None: layer = model.lt_blocks[-1].norm1
     with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=_vit_reshape(model)) as cam:
         for c in range(C):
             out.append(torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c)] * len(x))))

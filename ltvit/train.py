@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -37,8 +37,8 @@ from .data import CheXpert, NIHChestXray14, make_transform
 from .model import LTViT, load_pretrained, save_model
 
 # %% auto #0
-__all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'masked_bce',
-           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
+__all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups',
+           'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
            'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
@@ -119,6 +119,7 @@ class TrainConfig:
     base_lr: float | None = None
     min_lr: float | None = None
     layer_decay: float | None = None  # layer-wise lr decay (None: preset if pre-trained, else 1.0)
+    label_lr_scale: float = 1.0  # lr of LT-ViT's new parameters (label tokens, label norms, fresh LT blocks) / the head's
     weight_decay: float | None = None
     warmup_epochs: float | None = None
     drop_path: float | None = None
@@ -158,7 +159,7 @@ class TrainConfig:
         if c.model not in timm.list_models(): raise ValueError(f'model={c.model!r} is not a registered timm model.')
         if c.lr is None: c.lr = c.base_lr * c.batch_size / 256
         checks = {'img_size': c.img_size > 0, 'epochs': c.epochs > 0, 'batch_size': c.batch_size > 0, 'lr': c.lr > 0,
-                  'n2': c.n2 > 0, 'layer_decay': 0 < c.layer_decay <= 1, 'warmup_epochs': 0 <= c.warmup_epochs < c.epochs,
+                  'n2': c.n2 > 0, 'layer_decay': 0 < c.layer_decay <= 1, 'label_lr_scale': c.label_lr_scale > 0, 'warmup_epochs': 0 <= c.warmup_epochs < c.epochs,
                   'drop_path': 0 <= c.drop_path < 1, 'max_steps': c.max_steps >= 0, 'workers': c.workers >= 0,
                   'val_frac': 0 < c.val_frac < 1, 'hflip': 0 <= c.hflip <= 1}
         bad = [k for k, ok in checks.items() if not ok]
@@ -210,7 +211,26 @@ def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
         model = timm.create_model(c.model, num_classes=len(labels), **kw)
         model.label_names = list(labels)
     if c.pretrained not in ('', 'none', None): load_pretrained(model, c.pretrained)
+    if list(model.label_names) != list(labels):
+        raise ValueError(f'model_args gave the model labels {model.label_names}, the data set has {list(labels)}.')
     return model
+
+def param_groups(model: torch.nn.Module,
+                 weight_decay: float,  # AdamW weight decay (none on 1-d parameters and `no_weight_decay()`)
+                 layer_decay: float = 1.0,  # layer-wise lr decay of the pre-trained layers (1: none)
+                 label_lr_scale: float = 1.0,  # lr of the model's new parameters, relative to the head's
+                ) -> list[dict]:
+    "Optimizer parameter groups: timm's layer decay for the backbone; LT-ViT's new parameters at the head's rate x `label_lr_scale`."
+    if layer_decay < 1: groups = param_groups_layer_decay(model, weight_decay, model.no_weight_decay(), layer_decay=layer_decay)
+    else: groups = param_groups_weight_decay(model, weight_decay, model.no_weight_decay())
+    new = {id(p) for n, p in model.named_parameters() if n in set(getattr(model, 'new_parameter_names', list)())}
+    head_scale = max(g.get('lr_scale', 1.0) for g in groups)  # the head's group: the last layer
+    out = []
+    for g in groups:
+        scale = g.get('lr_scale', 1.0)
+        for is_new, ps in ((False, [p for p in g['params'] if id(p) not in new]), (True, [p for p in g['params'] if id(p) in new])):
+            if ps: out.append({**g, 'params': ps, 'lr_scale': head_scale * label_lr_scale if is_new else scale})
+    return out
 
 # %% ../nbs/03_train.ipynb #187fcd2e
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -338,8 +358,8 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     ds, labels, root = build_datasets(c, verbose=verbose and main)
     model = build_model(c, labels).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = create_optimizer_v2(model, 'adamw', lr=c.lr, weight_decay=c.weight_decay,
-                              layer_decay=c.layer_decay if c.layer_decay < 1 else None)
+    opt = create_optimizer_v2(param_groups(model, c.weight_decay, c.layer_decay, c.label_lr_scale), 'adamw', lr=c.lr,
+                              weight_decay=c.weight_decay)
     tr_sampler = DistributedSampler(ds['train'], num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     per_rank = c.batch_size // world
     steps_per_epoch = len(ds['train']) // c.batch_size
@@ -450,7 +470,7 @@ def _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_r
                         'positives': [rep['positives'][l] for l in labels]})
     atomic_write(out / 'per_class_auc.csv', per.to_csv(index=False))
     pred = pd.DataFrame({'id': ids, **{f'true_{l}': y[:, j].astype(int) for j, l in enumerate(labels)},
-                         **{f'prob_{l}': np.round(p[:, j], 6) for j, l in enumerate(labels)}})
+                         **{f'prob_{l}': p[:, j] for j, l in enumerate(labels)}})
     atomic_write(out / 'predictions.csv', pred.to_csv(index=False))
     _plots(out, hist, y, p, labels, rep['per_class_auc'])
     atomic_write(out / 'metrics.json', _json(metrics))  # last: its presence marks a finished run
