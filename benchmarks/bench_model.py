@@ -19,9 +19,10 @@ from ltvit.core import autocast, get_device
 
 def build(args):
     kw = dict(img_size=args.img_size, drop_path_rate=0.0)
-    lt = timm.create_model(f'ltvit_{args.size}_patch16_224', num_classes=args.labels, n2=args.n2, **kw)
     vit = timm.create_model(f'vit_{args.size}_patch16_224', num_classes=args.labels, **kw)
-    return {'ViT': vit, 'LT-ViT': lt}
+    lt = {f'LT-ViT {impl}': timm.create_model(f'ltvit_{args.size}_patch16_224', num_classes=args.labels, n2=args.n2,
+                                              attn_impl=impl, **kw) for impl in ('mask', 'split')}
+    return {'ViT': vit, **lt}
 
 
 def flops(model, x):
@@ -54,7 +55,7 @@ def main():
         n = sum(p.numel() for p in m.parameters())
         f = flops(m.train(), x[:1]) * args.batch
         m.zero_grad(set_to_none=True)
-        print(f'{k:7s} params {n / 1e6:7.3f} M   train-step FLOPs/batch {f / 1e9:8.2f} G')
+        print(f'{k:14s} params {n / 1e6:7.3f} M   train-step FLOPs/batch {f / 1e9:8.2f} G')
     if args.compile: models = {k: torch.compile(m) for k, m in models.items()}
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
 
@@ -79,9 +80,10 @@ def main():
                 t = time.perf_counter(); fn(k); sync(); times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k in models:
-            print(f'{name:10s} {k:7s} median {med[k] * 1e3:9.1f} ms  ({args.batch / med[k]:8.1f} img/s)  '
+            print(f'{name:10s} {k:14s} median {med[k] * 1e3:9.1f} ms  ({args.batch / med[k]:8.1f} img/s)  '
                   f'runs: {" ".join(f"{t * 1e3:.0f}" for t in times[k])}')
-        print(f'{name:10s} ratio LT-ViT / ViT = {med["LT-ViT"] / med["ViT"]:.3f}')
+        for k in models:
+            if k != 'ViT': print(f'{name:10s} ratio {k} / ViT = {med[k] / med["ViT"]:.3f}')
     if dev.type == 'cuda': print(f'peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')
 
 

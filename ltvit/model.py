@@ -74,7 +74,7 @@ class LabelHead(nn.Module):
 
     def extra_repr(self): return f'num_labels={self.num_labels}, dim={self.weight.shape[1]}, kind={self.kind!r}'
 
-# %% ../nbs/02_model.ipynb #df02b78f
+# %% ../nbs/02_model.ipynb #07af1e27
 ATTN_IMPLS = ('mask', 'split')
 
 class LTBlock(Block):
@@ -102,15 +102,17 @@ class LTBlock(Block):
                ) -> torch.Tensor:  # `(B, N_img + C, D)`, or `(B, C, D)` when `labels_only`
         n_img = x.shape[1] - self.num_labels
         img, lbl = x[:, :n_img], x[:, n_img:]
-        h_img = self.norm1(img)
-        h = torch.cat([h_img, self.norm_label(lbl)], dim=1)
         if self.split or self.labels_only:
+            h_img = self.norm1(img)
+            h = torch.cat([h_img, self.norm_label(lbl)], dim=1)
             lbl = lbl + self.drop_path1(self.ls1(self._label_attention(h)))
             lbl = lbl + self.drop_path2(self.ls2(self.mlp(self.norm2(lbl))))
             if self.labels_only: return lbl
             img = img + self.drop_path1(self.ls1(self.attn(h_img)))
             img = img + self.drop_path2(self.ls2(self.mlp(self.norm2(img))))
             return torch.cat([img, lbl], dim=1)
+        h = self.norm1(x)  # then the label rows take the label norm (cheaper than normalising two slices and joining them)
+        h = torch.slice_scatter(h, self.norm_label(lbl), dim=1, start=n_img)
         if attn_mask is None: attn_mask = lt_attention_mask(n_img, self.num_labels, self.label_attn, x.device)
         if not self.attn.fused_attn and attn_mask.dtype == torch.bool: attn_mask = additive_mask(attn_mask, h.dtype)
         x = x + self.drop_path1(self.ls1(self.attn(h, attn_mask=attn_mask)))
@@ -370,7 +372,7 @@ def _fresh_copy(blk: Block) -> Block:
             elif not n.startswith(('ls1', 'ls2')): p.zero_()  # LayerScale keeps its init value
     return b
 
-# %% ../nbs/02_model.ipynb #a2d1a9d7
+# %% ../nbs/02_model.ipynb #2fcfbab3
 def _drop_path_rate(vit: VisionTransformer) -> float:
     dp = vit.blocks[-1].drop_path1
     return float(getattr(dp, 'drop_prob', 0.0) or 0.0)
@@ -388,7 +390,7 @@ def vit_config(vit: VisionTransformer  # a timm ViT or LT-ViT
                embed_dim=vit.embed_dim, depth=len(vit.blocks), num_heads=blk.attn.num_heads,
                mlp_ratio=blk.mlp.fc1.out_features / vit.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
                qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
-               init_values=float(blk.ls1.gamma.flatten()[0]) if hasattr(blk.ls1, 'gamma') else None,
+               init_values=float(blk.ls1.gamma.detach().flatten()[0]) if hasattr(blk.ls1, 'gamma') else None,
                class_token=vit.cls_token is not None, reg_tokens=vit.num_reg_tokens, no_embed_class=vit.no_embed_class,
                pre_norm=not isinstance(vit.norm_pre, nn.Identity), fc_norm=not isinstance(vit.fc_norm, nn.Identity),
                global_pool=vit.global_pool, dynamic_img_size=vit.dynamic_img_size, num_classes=vit.num_classes,
@@ -604,7 +606,7 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
     if verbose: print(report)
     return report
 
-# %% ../nbs/02_model.ipynb #4fa57201
+# %% ../nbs/02_model.ipynb #f43d4bad
 def model_config(model: nn.Module) -> dict:
     "The class and arguments that rebuild `model` (an LT-ViT or a timm `VisionTransformer`)."
     if isinstance(model, LTViT):
@@ -628,12 +630,12 @@ def checkpoint_metadata(path: str | Path) -> dict:
     with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
     return {k: (v if k == 'model_class' else json.loads(v)) for k, v in meta.items()}
 
-def _legacy_keys(sd: dict) -> dict:
-    "Weights of files written before label norms moved into the LT blocks (`label_norms.<i>.` keys)."
+def _legacy_keys(sd: dict, fresh: bool) -> dict:
+    "Weights of files written before the label norms moved into the LT blocks (`label_norms.<i>.` keys)."
     out = {}
     for k, v in sd.items():
         m = re.match(r'^label_norms\.(\d+)\.(.*)$', k)
-        out[f'blocks.{m[1]}.norm_label.{m[2]}' if m else k] = v
+        out[f'{"lt_blocks" if fresh else "blocks"}.{m[1]}.norm_label.{m[2]}' if m else k] = v
     return out
 
 def load_model(path: str | Path, **overrides) -> nn.Module:
@@ -648,7 +650,7 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
         if meta.get('label_names') and meta['architecture'].startswith('ltvit'):
             args.setdefault('label_names', meta['label_names']); args.pop('num_classes', None)
         model = timm.create_model(meta['architecture'], **args)
-        if isinstance(model, LTViT) and model.lt_blocks is None: sd = _legacy_keys(sd)
+        if isinstance(model, LTViT): sd = _legacy_keys(sd, fresh=model.lt_blocks is not None)
     else: raise ValueError(f'{path} has no model metadata; was it written by save_model?')
     model.load_state_dict(sd)
     if meta.get('pretrained_cfg'): model.pretrained_cfg = model.default_cfg = meta['pretrained_cfg']
