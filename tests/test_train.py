@@ -111,3 +111,21 @@ def test_one_epoch_on_the_real_nih_sample(tmp_path, nih_sample):
     entry = pd.read_csv(nih_sample / 'Data_Entry_2017.csv').set_index('Image Index')
     for _, r in pred.iterrows():
         assert (r['true_Mass'] == 1) == ('Mass' in entry.loc[r['id'], 'Finding Labels'].split('|'))
+
+
+def test_chexpert_run_names_its_labels_everywhere(tmp_path):
+    "`num_classes=5` without names in a CheXpert run: the data set's names reach every saved artefact, never `label_<i>`."
+    from ltvit.core import CHEXPERT_5
+    from ltvit.data import make_chexpert_like
+    from ltvit.model import checkpoint_metadata, load_model
+    from ltvit.train import TrainConfig, train
+    root = make_chexpert_like(tmp_path / 'chexpert', n_patients=24, size=48)
+    out = tmp_path / 'run'
+    train(TrainConfig(dataset='chexpert', data_dir=str(root), img_size=32, epochs=1, batch_size=8, n2=1, n_boot=20,
+                      model='ltvit_tiny_patch16_224', model_args=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5),
+                      augment='none', workers=0, out_dir=str(out)), verbose=False)
+    assert checkpoint_metadata(out / 'best.safetensors')['label_names'] == list(CHEXPERT_5)
+    assert load_model(out / 'best.safetensors').label_names == list(CHEXPERT_5)
+    assert list(json.loads((out / 'metrics.json').read_text())['per_class_auc']) == list(CHEXPERT_5)
+    for f in out.rglob('*'):
+        if f.suffix in ('.json', '.csv'): assert 'label_0' not in f.read_text(), f
