@@ -82,29 +82,27 @@ def get_device(device: str | torch.device = 'auto'  # 'auto', 'cpu', 'cuda', 'cu
     return dev
 
 # %% ../nbs/00_core.ipynb #d4000059
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+PRECISIONS = ('auto', 'fp32', 'bf16')
 
-def get_precision(precision: str = 'auto',  # 'auto', 'fp32', 'bf16' or 'fp16'
+def get_precision(precision: str = 'auto',  # 'auto', 'fp32' or 'bf16'
                   device: str | torch.device = 'cpu',  # the device the model runs on
                  ) -> str:
     "Resolve `precision` for `device`: 'auto' is bf16 on GPUs that support it, else fp32."
+    if precision == 'fp16': raise ValueError("precision='fp16' is not offered (it would need a gradient scaler); use 'bf16' or 'fp32'.")
     if precision not in PRECISIONS:
         raise ValueError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
     dev = get_device(device)
     if precision == 'auto':
         if dev.type == 'cuda' and torch.cuda.is_bf16_supported(): return 'bf16'
         return 'fp32'
-    if precision == 'fp16' and dev.type == 'cpu':
-        raise ValueError("precision='fp16' is not supported on the CPU; use 'fp32' or 'bf16'.")
     return precision
 
 def autocast(device: str | torch.device,  # the device the model runs on
-             precision: str,  # a resolved precision: 'fp32', 'bf16' or 'fp16'
+             precision: str,  # a resolved precision: 'fp32' or 'bf16'
             ):
     "A context manager for mixed precision on `device`; a no-op for fp32."
     if precision == 'fp32': return contextlib.nullcontext()
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 # %% ../nbs/00_core.ipynb #4aeaa264
 DATA_ENV = 'LTVIT_DATA'

@@ -39,7 +39,7 @@ from .model import LTViT, load_pretrained, save_model
 # %% auto #0
 __all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups',
            'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
-           'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'main']
+           'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'config_from_cli', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -233,11 +233,16 @@ def param_groups(model: torch.nn.Module,
     return out
 
 # %% ../nbs/03_train.ipynb #187fcd2e
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    "Mean binary cross-entropy over the entries where `mask` is 1."
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor,
+               mask: torch.Tensor | None = None,  # 1 where the label is known, 0 where it is ignored
+               world: int = 1,  # DDP processes: the mean is over the known entries of the global batch
+              ) -> torch.Tensor:
+    "Mean binary cross-entropy over the entries where `mask` is 1 (of every DDP process's batch together)."
     loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction='none')
     if mask is None: return loss.mean()
-    return (loss * mask).sum() / mask.sum().clamp_min(1)
+    known = mask.sum().detach()
+    if world > 1: known = known.clone(); dist.all_reduce(known)  # DDP then averages the processes' gradients
+    return (loss * mask).sum() * world / known.clamp_min(1)
 
 # %% ../nbs/03_train.ipynb #d4e88806
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
@@ -399,7 +404,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         for b in bar:
             x = b['image'].to(dev, non_blocking=True); y = b['labels'].to(dev); m = b['mask'].to(dev)
             with autocast(dev, precision): logits = fwd(x)
-            loss = masked_bce(logits, y, m)
+            loss = masked_bce(logits, y, m, world)
             lv = loss.item()  # the step's one host sync: logging and the NaN check share it
             if not math.isfinite(lv):
                 raise TrainingDiverged(f'The loss became {lv} at epoch {epoch + 1}, step {state["step"] + 1}. The last '
@@ -532,18 +537,22 @@ def _parse_value(v: str):
     try: return ast.literal_eval(v)
     except (ValueError, SyntaxError): return v
 
-def main(argv: Sequence[str] | None = None):
-    "Train from the command line (`ltvit_train --dataset nih ...`, or under `torchrun -m ltvit.train`)."
+def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
+    "The `TrainConfig` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
     import argparse
     p = argparse.ArgumentParser(prog='ltvit_train', description='Train LT-ViT or a ViT baseline (see nbs/05_train.ipynb).')
     for f in fields(TrainConfig):
         p.add_argument('--' + f.name.replace('_', '-'), dest=f.name, default=argparse.SUPPRESS, type=str, help=f'default {f.default!r}')
-    a = {k: _parse_value(v) for k, v in vars(p.parse_args(argv)).items()}
+    text = {f.name for f in fields(TrainConfig) if 'str' in str(f.type)}  # kept as typed: --augment=none means none
+    a = {k: v if k in text else _parse_value(v) for k, v in vars(p.parse_args(argv)).items()}
     if 'model_args' in a: a['model_args'] = parse_model_args(a['model_args'])
-    for k in ('data_dir', 'out_dir', 'model', 'pretrained', 'augment', 'dataset'):
-        if k in a and a[k] is not None: a[k] = str(a[k])
     cfg = TrainConfig(**a)
     if 'out_dir' not in a: cfg.out_dir = str(default_out_dir(cfg.dataset, cfg.model))
+    return cfg
+
+def main(argv: Sequence[str] | None = None):
+    "Train from the command line (`ltvit_train --dataset nih ...`, or under `torchrun -m ltvit.train`)."
+    cfg = config_from_cli(argv)
     try: train(cfg)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
