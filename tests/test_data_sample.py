@@ -62,3 +62,25 @@ def test_multi_worker_loader(splits):
     batches = list(DataLoader(ds, batch_size=50, num_workers=2))
     ids = [i for b in batches for i in b['id']]
     assert sorted(ids) == sorted(ds.table['id']) and batches[0]['image'].shape == (50, 3, 64, 64)
+
+
+def test_table_columns_and_partial_folders(nih_sample):
+    from ltvit.data import read_nih_table, nih_split_table, SPLITS
+    t = read_nih_table(nih_sample)
+    assert len(t) == 500 and list(t.columns[4:]) == list(NIH_LABELS)
+    with pytest.raises(Exception, match='pass subset=True'): nih_split_table(nih_sample, 'test')
+    parts = {s: nih_split_table(nih_sample, s, subset=True, verbose=False) for s in SPLITS}
+    assert len(parts['train']) + len(parts['val']) == 440 and len(parts['test']) == 60
+    a = nih_split_table(nih_sample, 'val', subset=True, seed=1, verbose=False)
+    b = nih_split_table(nih_sample, 'val', subset=True, seed=2, verbose=False)
+    assert set(a['id']) != set(b['id'])  # the validation carve-out follows the seed
+
+
+def test_items_views_and_box_names(nih_sample):
+    ds = NIHChestXray14(nih_sample, 'test', subset=True, transform=make_transform(64), verbose=False)
+    item = ds[0]
+    assert item['image'].shape == (3, 64, 64) and item['labels'].shape == (14,) and isinstance(item['id'], str)
+    pa = NIHChestXray14(nih_sample, 'train', subset=True, views=['PA'], verbose=False)
+    assert len(pa.table) > 0 and (pa.table['view'] == 'PA').all()
+    assert 'Infiltrate' not in set(read_nih_boxes(nih_sample)['label'])
+    assert 'Infiltrate' in set(pd.read_csv(nih_sample / 'BBox_List_2017.csv').iloc[:, 1])  # the release's spelling
