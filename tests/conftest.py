@@ -35,3 +35,8 @@ def _notebook_outputs(nb: Path) -> tuple[list[str], list[bytes]]:
 def notebook_outputs():
     "A function: the Markdown texts and PNG images an executed notebook shows."
     return _notebook_outputs
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: trains models or runs a grid (minutes); `./dev test -m "not slow"` '
+                                       'is the fast tier for the edit loop, CI runs everything')

@@ -11,6 +11,8 @@ from ltvit.model import load_model
 from ltvit.train import TrainConfig, build_datasets, train
 
 
+pytestmark = pytest.mark.slow  # trains models / runs a grid
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     "The synthetic demo's LT-ViT (its preset: ~4 min on 2 cores), and a plain ViT baseline trained briefly."

@@ -27,7 +27,11 @@ sys.exit(0 if ok else 1)
 """
 
 
-@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(ROOT / 'nbs')) for p in NOTEBOOKS])
+SLOW = {'06_grid.ipynb'}  # runs a small grid of processes
+
+
+@pytest.mark.parametrize('nb', [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in NOTEBOOKS],
+                         ids=[str(p.relative_to(ROOT / 'nbs')) for p in NOTEBOOKS])
 def test_notebook(nb):
     "Each notebook runs in its own process, as nbdev_test does (notebooks re-register timm models)."
     res = subprocess.run([sys.executable, '-c', RUN, str(nb), ' '.join(SKIP_FLAGS)], capture_output=True, text=True)

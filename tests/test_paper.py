@@ -15,6 +15,8 @@ from ltvit.experiments import PAPER_NOTEBOOKS, make_grid, run_paper_notebooks
 from ltvit.grid import run_status
 from ltvit.results import collect, run_table
 
+pytestmark = pytest.mark.slow  # trains models / runs a grid
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, '-c', 'import sys; from ltvit.experiments import main; sys.exit(main())']
 

@@ -53,6 +53,7 @@ def _cli(args):
     return [sys.executable, '-m', 'ltvit.train'] + [f'--{k.replace("_", "-")}={v}' for k, v in args.items()]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_metrics(tmp_path, syn_dir):
     args = dict(TINY, dataset='synthetic', data_dir=syn_dir, epochs=12, deterministic=True, workers=0)
     ref = subprocess.run(_cli(dict(args, out_dir=tmp_path / 'ref')), capture_output=True, text=True)
@@ -79,6 +80,7 @@ def test_resume_after_kill_gives_the_same_metrics(tmp_path, syn_dir):
     assert np.allclose(ha['train_loss'], hb['train_loss'], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     "Two gloo processes see the same global batches as one: losses and test AUC agree to float tolerance, with\n    U-Ignore labels masked out (the masked loss is normalised over the global batch, not per process)."
     from ltvit.data import make_chexpert_like
@@ -116,6 +118,7 @@ def test_masked_loss_is_normalised_over_the_global_batch():
     assert not torch.allclose((masked_bce(lg[:4], tg[:4], mk[:4]) + masked_bce(lg[4:], tg[4:], mk[4:])) / 2, want)
 
 
+@pytest.mark.slow
 def test_one_epoch_on_the_real_nih_sample(tmp_path, nih_sample):
     out = tmp_path / 'nih'
     pm.execute_notebook(str(NB), str(tmp_path / 'nih.ipynb'), cwd=str(NB.parent), kernel_name='python3', progress_bar=False,
