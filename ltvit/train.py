@@ -37,7 +37,7 @@ from .data import CheXpert, NIHChestXray14, make_transform
 from .model import LTViT, load_pretrained, save_model
 
 # %% auto #0
-__all__ = ['DATASETS', 'PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups',
+__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups',
            'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
            'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'config_from_cli', 'main']
 
@@ -93,7 +93,7 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
 # %% ../nbs/03_train.ipynb #32f2ee42
 DATASETS = ('synthetic', 'nih', 'chexpert')
 
-PRESETS: dict[str, dict] = {
+TRAIN_PRESETS: dict[str, dict] = {  # what None takes, per data set
     'recipe': dict(model='ltvit_small_patch16_224', model_args={}, img_size=224, epochs=75, batch_size=256,
                    lr=None, base_lr=2.5e-4, min_lr=1e-5, layer_decay=None, weight_decay=0.05, warmup_epochs=5.0,
                    drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False),
@@ -104,51 +104,58 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class TrainConfig:
-    "Every parameter of a training run (None: the data set's preset)."
-    dataset: str = 'synthetic'  # 'synthetic', 'nih' or 'chexpert'
-    data_dir: str | None = None  # the data set folder (None: $LTVIT_DATA/<dataset>; synthetic: generated there)
-    subset: bool = False  # NIH: the folder holds only part of the release (e.g. the 500-image sample)
-    model: str | None = None  # any ltvit_* model, or a plain timm vit_* baseline
-    model_args: dict | None = None  # extra timm model arguments (depth, embed_dim, patch_size, ...)
-    pretrained: str = 'none'  # 'none', a timm/hub name, or a checkpoint file (timm, DINO, MAE; .pth/.safetensors)
-    n2: int = 4  # LT blocks (label tokens join for the last n2 blocks)
-    img_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None  # global batch (split across DDP ranks)
-    lr: float | None = None  # peak learning rate (None: base_lr * batch_size / 256)
-    base_lr: float | None = None
-    min_lr: float | None = None
-    layer_decay: float | None = None  # layer-wise lr decay (None: preset if pre-trained, else 1.0)
-    label_lr_scale: float = 1.0  # lr of LT-ViT's new parameters (label tokens, label norms, fresh LT blocks) / the head's
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    drop_path: float | None = None
-    augment: str | None = None  # timm RandAugment spec with random resized crops, or 'none' (no augmentation at all)
-    hflip: float = 0.0  # horizontal flip probability (off by default: the heart changes side)
-    chexpert_labels: str = 'chexpert5'  # 'chexpert5', 'chexpert13' or 'chexpert14'
-    label_policy: str = 'mixed'  # CheXpert uncertain labels: 'ones', 'zeros', 'ignore' or 'mixed'
-    val_frac: float = 0.1  # patients carved out of train(_val) for validation
-    synthetic_patients: int = 1500  # synthetic data: patients (about 2 images each)
-    synthetic_contrast: float = 1.0  # synthetic data: finding contrast
-    synthetic_seed: int = 0  # synthetic data: generator seed (another seed gives disjoint phantoms, e.g. for pre-training)
-    seed: int = 0
-    deterministic: bool = False  # deterministic kernels (exact resume on CPU; slower on GPU)
-    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
-    precision: str = 'auto'  # 'auto' (bf16 on capable GPUs, else fp32), 'fp32', 'bf16'
+    "Every parameter of a training run (None: the data set's preset), with its help: the papermill parameters of `05_train`."
+    dataset: str = 'synthetic'  # data set: synthetic, nih or chexpert
+    data_dir: str | None = None  # data set folder (None: $LTVIT_DATA/<dataset>; synthetic data is generated there)
+    subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
+    model: str | None = None  # any ltvit_* model or a plain timm vit_* baseline (None: preset)
+    model_args: str | dict = ''  # extra timm model arguments as name:value pairs, e.g. depth:6,embed_dim:192 (empty: preset)
+    pretrained: str = 'none'  # initial weights: none, a timm/hub name, or a checkpoint file (timm, DINO, MAE)
+    n2: int = 4  # LT blocks: the label tokens join the last n2 blocks
+    img_size: int | None = None  # image size in pixels (None: preset)
+    epochs: int | None = None  # epochs (None: preset)
+    batch_size: int | None = None  # global batch size (None: preset)
+    lr: float | None = None  # peak learning rate (None: base_lr times batch_size/256)
+    base_lr: float | None = None  # learning rate per 256 images (None: preset)
+    min_lr: float | None = None  # final learning rate of the cosine schedule (None: preset)
+    layer_decay: float | None = None  # layer-wise lr decay (None: 0.55 with pre-trained weights, else 1)
+    label_lr_scale: float = 1.0  # lr of LT-ViT's new parameters (label tokens, label norms, fresh blocks) per head lr
+    weight_decay: float | None = None  # AdamW weight decay (None: preset)
+    warmup_epochs: float | None = None  # linear warm-up epochs before the cosine schedule (None: preset)
+    drop_path: float | None = None  # stochastic depth rate (None: preset)
+    augment: str | None = None  # timm RandAugment spec such as rand-m6-mstd0.5 with random crops, or none (None: preset)
+    hflip: float = 0.0  # horizontal flip probability (off by default, flips move the heart)
+    chexpert_labels: str = 'chexpert5'  # CheXpert label set: chexpert5, chexpert13 or chexpert14
+    label_policy: str = 'mixed'  # CheXpert uncertain labels: ones, zeros, ignore (masked) or mixed
+    val_frac: float = 0.1  # fraction of training patients held out for validation
+    synthetic_patients: int = 1500  # synthetic data: patients (about two images each)
+    synthetic_contrast: float = 1.0  # synthetic data: finding contrast (lower is harder)
+    synthetic_seed: int = 0  # synthetic data: generator seed (another seed gives disjoint phantoms)
+    seed: int = 0  # random seed
+    deterministic: bool = False  # deterministic kernels (exact resume on CPU, slower on GPU)
+    device: str = 'auto'  # auto, cpu, cuda or mps
+    precision: str = 'auto'  # auto (bf16 on capable GPUs, else fp32), fp32 or bf16
     compile: bool = False  # torch.compile the model
-    workers: int | None = None  # DataLoader worker processes
-    preload: bool | None = None  # keep transformed images in memory (needs augment='none'; small data sets)
-    out_dir: str = 'runs/default'  # where the run writes everything
+    workers: int | None = None  # data loader worker processes (None: preset)
+    preload: bool | None = None  # keep transformed images in memory, needs augment none (None: preset)
+    out_dir: str | None = None  # run folder (None: a new folder under runs/ at the repository root)
     resume: bool = False  # continue the run in out_dir from its last checkpoint
-    max_steps: int = 0  # stop after this many optimizer steps (smoke runs; 0: no cap)
+    max_steps: int = 0  # stop after this many optimizer steps, for smoke runs (0: no cap)
     n_boot: int = 1000  # bootstrap resamples for the confidence intervals
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        "The parameters, in order (the papermill parameters of `nbs/05_train.ipynb` are these, line for line)."
+        return [f.name for f in fields(cls)]
 
     def resolved(self) -> 'TrainConfig':
         "A copy with presets filled in and every value checked; errors name the parameter."
         c = TrainConfig(**asdict(self))
+        c.model_args = parse_model_args(c.model_args) or None  # empty: the preset's
+        if c.out_dir is None: c.out_dir = str(default_out_dir(c.dataset, c.model))
         if c.dataset not in DATASETS:
             raise ValueError(f'dataset={c.dataset!r} is not one of {DATASETS}.')
-        preset = PRESETS['synthetic' if c.dataset == 'synthetic' else 'recipe']
+        preset = TRAIN_PRESETS['synthetic' if c.dataset == 'synthetic' else 'recipe']
         from_preset = {k for k, v in preset.items() if getattr(c, k) is None}
         for k in from_preset: setattr(c, k, preset[k])
         if 'warmup_epochs' in from_preset and c.epochs > 0 and c.warmup_epochs >= c.epochs:
@@ -545,7 +552,6 @@ def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
         p.add_argument('--' + f.name.replace('_', '-'), dest=f.name, default=argparse.SUPPRESS, type=str, help=f'default {f.default!r}')
     text = {f.name for f in fields(TrainConfig) if 'str' in str(f.type)}  # kept as typed: --augment=none means none
     a = {k: v if k in text else _parse_value(v) for k, v in vars(p.parse_args(argv)).items()}
-    if 'model_args' in a: a['model_args'] = parse_model_args(a['model_args'])
     cfg = TrainConfig(**a)
     if 'out_dir' not in a: cfg.out_dir = str(default_out_dir(cfg.dataset, cfg.model))
     return cfg

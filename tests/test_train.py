@@ -160,3 +160,20 @@ def test_command_line_keeps_text_values():
     r = c.resolved()
     assert r.augment == 'none' and r.epochs == 3
     assert config_from_cli(['--dataset=chexpert', '--out-dir=x']).resolved().augment == 'rand-m6-mstd0.5'  # omitted: preset
+
+
+def test_parameters_cell_is_the_train_config():
+    "The papermill parameters of 05_train and `TrainConfig` are one definition: same names, order, defaults and help."
+    import ast
+    import inspect
+    import re
+    from ltvit.train import TrainConfig
+    from dataclasses import fields
+    cell = pm.inspect_notebook(str(NB))
+    src = inspect.getsource(TrainConfig)
+    help_ = dict(re.findall(r'^    (\w+): [^=]+= .*?  # (.*)$', src, flags=re.M))
+    assert list(cell) == TrainConfig.parameter_names()
+    for f in fields(TrainConfig):
+        p = cell[f.name]
+        assert ast.literal_eval(p['default']) == f.default, f.name
+        assert p['help'] == help_[f.name], f.name
