@@ -37,9 +37,9 @@ from .data import CheXpert, NIHChestXray14, make_transform
 from .model import LTViT, load_pretrained, save_model
 
 # %% auto #0
-__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups',
-           'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
-           'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir', 'config_from_cli', 'main']
+__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir',
+           'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint',
+           'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
 
 # %% ../nbs/03_train.ipynb #50c8371b
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -89,6 +89,36 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
             out['per_class_auc_ci95'] = {l: (ci(boot[:, j]) if l not in undefined else [float('nan')] * 2) for j, l in enumerate(labels)}
         out['n_boot'] = n_boot
     return out
+
+# %% ../nbs/03_train.ipynb #32d1700a
+def parse_model_args(s: str | dict | None) -> dict:
+    "Extra timm model arguments from `'depth:6,embed_dim:192'` or `'depth=6,...'` (or a dict); values are Python literals."
+    import ast
+    if s is None or s == '': return {}
+    if isinstance(s, dict): return dict(s)
+    out = {}
+    for part in str(s).split(','):
+        if not part.strip(): continue
+        m = re.match(r'^\s*(\w+)\s*[:=]\s*(.+?)\s*$', part)
+        if not m: raise ValueError(f"model_args: {part.strip()!r} is not of the form name:value (e.g. 'depth:6,embed_dim:192').")
+        try: out[m.group(1)] = ast.literal_eval(m.group(2))
+        except (ValueError, SyntaxError): out[m.group(1)] = m.group(2)
+    return out
+
+def repo_root(start: str | Path = '.') -> Path:
+    "The nearest folder at or above `start` with a settings.ini (the repository), else `start`."
+    p = Path(start).resolve()
+    for q in [p, *p.parents]:
+        if (q / 'settings.ini').is_file(): return q
+    return p
+
+def runs_root() -> Path:
+    "Where runs go: `$LTVIT_RUNS`, else `<repo>/runs`."
+    return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs')
+
+def default_out_dir(dataset: str, model: str | None) -> Path:
+    "A new run folder: `runs_root()` / `<dataset>-<model>-<timestamp>`."
+    return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_train.ipynb #32f2ee42
 DATASETS = ('synthetic', 'nih', 'chexpert')
@@ -506,36 +536,6 @@ def format_report(metrics: dict, out: str | Path) -> str:
               f'  best.safetensors (best model by validation AUC; ltvit.load_model("{out / "best.safetensors"}"))',
               f'  checkpoints/ (resume with resume=True); trained in {metrics["train_seconds"]:.0f} s']
     return '\n'.join(lines)
-
-# %% ../nbs/03_train.ipynb #32d1700a
-def parse_model_args(s: str | dict | None) -> dict:
-    "Extra timm model arguments from `'depth:6,embed_dim:192'` or `'depth=6,...'` (or a dict); values are Python literals."
-    import ast
-    if s is None or s == '': return {}
-    if isinstance(s, dict): return dict(s)
-    out = {}
-    for part in str(s).split(','):
-        if not part.strip(): continue
-        m = re.match(r'^\s*(\w+)\s*[:=]\s*(.+?)\s*$', part)
-        if not m: raise ValueError(f"model_args: {part.strip()!r} is not of the form name:value (e.g. 'depth:6,embed_dim:192').")
-        try: out[m.group(1)] = ast.literal_eval(m.group(2))
-        except (ValueError, SyntaxError): out[m.group(1)] = m.group(2)
-    return out
-
-def repo_root(start: str | Path = '.') -> Path:
-    "The nearest folder at or above `start` with a settings.ini (the repository), else `start`."
-    p = Path(start).resolve()
-    for q in [p, *p.parents]:
-        if (q / 'settings.ini').is_file(): return q
-    return p
-
-def runs_root() -> Path:
-    "Where runs go: `$LTVIT_RUNS`, else `<repo>/runs`."
-    return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs')
-
-def default_out_dir(dataset: str, model: str | None) -> Path:
-    "A new run folder: `runs_root()` / `<dataset>-<model>-<timestamp>`."
-    return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_train.ipynb #7943cd2e
 def _parse_value(v: str):
