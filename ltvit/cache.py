@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .core import atomic_write
-from .data import DataError, load_image
+from .data import DataError, find_nih_images, load_image, read_nih_table, resolve_chexpert_path
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'build_cache', 'ImageCache', 'dataset_images', 'cache_dataset', 'cache_cli']
@@ -123,12 +123,15 @@ class ImageCache:
             self._mm = np.memmap(self.path / 'images.u8', dtype=np.uint8, mode='r', shape=(self.n, self.size, self.size))
         return np.array(self._mm[self.index[image_id]])
 
+    def __contains__(self, image_id: str) -> bool: return image_id in self.index
+
+    def __repr__(self): return f'ImageCache({str(self.path)!r}, {self.n} images at {self.size} px)'
+
     def __getstate__(self): return {**self.__dict__, '_mm': None}
 
 # %% ../nbs/01b_cache.ipynb #70a0a7c2
 def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tuple[list[str], list[Path]]:
     "Every image id and file of a data set folder (all splits): 'nih', 'synthetic' or 'chexpert'."
-    from ltvit.data import read_nih_table, find_nih_images, _resolve_chexpert_path
     root = Path(root)
     if dataset in ('nih', 'synthetic'):
         table, found = read_nih_table(root, labels=()), find_nih_images(root)
@@ -142,7 +145,7 @@ def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tupl
         for f in ('train.csv', 'valid.csv'):
             if not (root / f).is_file(): raise DataError(f'CheXpert file not found: {root / f}')
             ids += pd.read_csv(root / f, usecols=['Path'])['Path'].astype(str).tolist()
-        return ids, [_resolve_chexpert_path(root, i) for i in ids]
+        return ids, [resolve_chexpert_path(root, i) for i in ids]
     raise ValueError(f"Unknown dataset {dataset!r}; expected 'nih', 'synthetic' or 'chexpert'.")
 
 def cache_dataset(dataset: str, root: str | Path, size: int, out: str | Path | None = None, workers: int | None = None,

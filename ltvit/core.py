@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import torch
 # %% auto #0
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
            'CXR_STD', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast', 'get_data_dir',
-           'atomic_write']
+           'atomic_write', 'repo_root', 'git_commit', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -133,3 +136,31 @@ def atomic_write(path: str | os.PathLike,  # the file to (re)write
     finally:
         if tmp.exists(): tmp.unlink()
     return path
+
+# %% ../nbs/00_core.ipynb #a456805e
+def repo_root(start: str | os.PathLike = '.') -> Path:
+    "The nearest folder at or above `start` with a settings.ini (the repository), else `start`."
+    p = Path(start).resolve()
+    for q in [p, *p.parents]:
+        if (q / 'settings.ini').is_file(): return q
+    return p
+
+def git_commit(where: str | os.PathLike | None = None  # a folder inside the checkout (default: this package's)
+              ) -> str | None:
+    "The checkout's commit, `-dirty` when tracked files changed; None outside a git checkout."
+    here = Path(where) if where else Path(__file__).resolve().parent
+    try:
+        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
+        if r.returncode: return None
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return r.stdout.strip() + ('-dirty' if dirty else '')
+    except (OSError, subprocess.SubprocessError): return None
+
+def package_versions(names=('torch', 'timm', 'numpy', 'pandas', 'scikit-learn', 'pillow', 'ltvit')) -> dict:
+    "Python's and each installed package's version (absent packages are left out)."
+    out = {'python': platform.python_version()}
+    for n in names:
+        try: out[n] = version(n)
+        except PackageNotFoundError: pass
+    return out

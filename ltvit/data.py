@@ -24,7 +24,7 @@ from .core import CHEXPERT_5, CXR_MEAN, CXR_STD, NIH_LABELS, get_data_dir, get_l
 __all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS', 'UNCERTAINTY_POLICIES', 'MIXED_ONES',
            'DataError', 'load_image', 'make_transform', 'parse_findings', 'read_nih_table', 'find_nih_images',
            'read_split_list', 'patient_split', 'nih_split_table', 'CXRDataset', 'NIHChestXray14', 'read_nih_boxes',
-           'chexpert_targets', 'CheXpert', 'make_chexpert_like']
+           'chexpert_targets', 'resolve_chexpert_path', 'CheXpert', 'make_chexpert_like']
 
 # %% ../nbs/01_data.ipynb #c4e6eacd
 class DataError(ValueError):
@@ -194,16 +194,15 @@ def nih_split_table(root: str | Path, split: str, labels: Sequence[str] = NIH_LA
 class CXRDataset(Dataset):
     "Base of the chest X-ray data sets: a table with `id`, `path` and label columns, an optional mask."
     def __init__(self, table: pd.DataFrame, labels: Sequence[str], transform: Callable | None = None,
-                 mask: np.ndarray | None = None, cache_dir: str | Path | None = None, name: str = 'data'):
+                 mask: np.ndarray | None = None, cache=None, name: str = 'data'):
         self.table, self.labels, self.transform, self.name = table.reset_index(drop=True), list(labels), transform, name
         if len(self.table) == 0: raise DataError(f'{name}: the split is empty (after filters); nothing to load.')
         self.targets = np.array(self.table[self.labels].to_numpy(np.float32))  # a writable copy
         self.mask = np.ones_like(self.targets) if mask is None else np.array(mask, np.float32)
-        self._cache, self.cache_dir, self._pre = None, None, None
-        if cache_dir is not None:
-            from ltvit.cache import ImageCache
-            self._cache = ImageCache.open(cache_dir, ids=self.table['id'])
-            self.cache_dir = Path(cache_dir)
+        self._cache, self._pre = cache, None  # an opened preprocessing cache (`ImageCache`), or None
+        if cache is not None:
+            missing = [i for i in self.table['id'] if i not in cache]
+            if missing: raise DataError(f'{name}: the cache {cache} lacks {len(missing)} image(s), e.g. {missing[:3]}.')
 
     def __len__(self): return len(self.table)
 
@@ -264,7 +263,7 @@ class NIHChestXray14(CXRDataset):
                  views: Sequence[str] | None = None,  # keep only these view positions, e.g. ('PA',)
                  subset: bool = False,  # the folder holds only part of the release (e.g. the 500-image sample)
                  skip_missing: bool = False,  # drop listed images that are missing (counted), instead of failing
-                 cache_dir: str | Path | None = None,  # a preprocessing cache to read images from
+                 cache=None,  # an opened preprocessing cache (`ltvit.cache.ImageCache`) to read images from
                  verbose: bool = True):
         self.root = get_data_dir(root, 'nih')
         if not self.root.is_dir(): raise DataError(f'NIH data folder not found: {self.root}')
@@ -275,7 +274,7 @@ class NIHChestXray14(CXRDataset):
             if not len(table): raise DataError(f'NIH {split}: no image has a view in {views}.')
         table = _attach_paths(table, find_nih_images(self.root), self.root, skip_missing, f'NIH {split}')
         self.split = split
-        super().__init__(table, labels, transform, cache_dir=cache_dir, name=f'NIH {split}')
+        super().__init__(table, labels, transform, cache=cache, name=f'NIH {split}')
 
     def boxes(self, size: int | tuple[int, int] | None = None  # the frame to scale to: None = each image's own size
              ) -> pd.DataFrame:
@@ -344,7 +343,7 @@ def chexpert_targets(df: pd.DataFrame, labels: Sequence[str], policy: str = 'mix
             if l in MIXED_ONES: y[unc[:, j], j] = 1
     return y, mask
 
-def _resolve_chexpert_path(root: Path, p: str) -> Path:
+def resolve_chexpert_path(root: Path, p: str) -> Path:
     full = root / p
     if full.exists(): return full
     parts = Path(p).parts
@@ -361,7 +360,7 @@ class CheXpert(CXRDataset):
                  frontal_only: bool = True,  # keep only frontal views
                  val_frac: float = 0.1, seed: int = 0,
                  skip_missing: bool = False,
-                 cache_dir: str | Path | None = None):
+                 cache=None):  # an opened preprocessing cache (`ltvit.cache.ImageCache`)
         if split not in SPLITS: raise ValueError(f'Unknown split {split!r}; expected one of {SPLITS}.')
         self.root = get_data_dir(root, 'chexpert')
         labels = list(get_label_set(labels)) if isinstance(labels, str) else list(labels)
@@ -382,11 +381,11 @@ class CheXpert(CXRDataset):
             m_tr, m_va = patient_split(table, val_frac, seed)
             keep = m_tr if split == 'train' else m_va
             table, mask = table[keep].reset_index(drop=True), mask[keep]
-        paths = {i: p for i in table['id'] if (p := _resolve_chexpert_path(self.root, i)).is_file()}
+        paths = {i: p for i in table['id'] if (p := resolve_chexpert_path(self.root, i)).is_file()}
         keep = table['id'].isin(paths).to_numpy()  # the rows _attach_paths keeps (it fails unless skip_missing)
         table = _attach_paths(table, paths, self.root, skip_missing, f'CheXpert {split}')
         self.split, self.policy = split, policy
-        super().__init__(table, labels, transform, mask=mask[keep], cache_dir=cache_dir, name=f'CheXpert {split}')
+        super().__init__(table, labels, transform, mask=mask[keep], cache=cache, name=f'CheXpert {split}')
 
 # %% ../nbs/01_data.ipynb #3ee20652
 def make_chexpert_like(root: str | Path,  # where to write train.csv, valid.csv and JPEGs

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import atomic_write
+from .core import atomic_write, repo_root
 from .grid import Grid, Run, checkout_path, run_grid, run_status
-from .train import repo_root, runs_root
+from .train import runs_root
 
 # %% auto #0
 __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',

@@ -20,8 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .core import atomic_write
-from .train import repo_root
+from .core import atomic_write, git_commit, package_versions, repo_root
 
 # %% auto #0
 __all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_status', 'checkout_path', 'training_notebook', 'check_folder', 'run_command',
@@ -163,10 +162,9 @@ def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | 
 
 def run_task(folder: str | Path) -> dict:
     "Execute the task of `folder/grid.json`: its settings go to `config.json`, what it returns to `metrics.json`."
-    from ltvit.train import _git_commit, _versions
     folder = Path(folder); spec = json.loads((folder / 'grid.json').read_text())
-    atomic_write(folder / 'config.json', json.dumps({'task': spec['fn'], 'config': spec['resolved'], 'versions': _versions(),
-                                                      'git_commit': _git_commit()}, indent=1, sort_keys=True, default=str))
+    atomic_write(folder / 'config.json', json.dumps({'task': spec['fn'], 'config': spec['resolved'], 'versions': package_versions(),
+                                                      'git_commit': git_commit()}, indent=1, sort_keys=True, default=str))
     mod, fn = spec['fn'].split(':')
     result = getattr(importlib.import_module(mod), fn)(folder, **spec['resolved'])
     atomic_write(folder / 'metrics.json', json.dumps(result or {}, indent=1, sort_keys=True, default=str))

@@ -16,9 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write
+from .core import atomic_write, repo_root
 from .grid import Grid, Run, run_state
-from .train import repo_root
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',

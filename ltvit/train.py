@@ -32,12 +32,15 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, seed_everything
+from .cache import ImageCache, cache_dataset, default_cache_dir
+from .core import (NIH_LABELS, atomic_write, autocast, get_data_dir, get_device, get_precision, git_commit,
+                        package_versions, repo_root, seed_everything)
 from .data import CheXpert, NIHChestXray14, make_transform
 from .model import LTViT, load_pretrained, save_model
+from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'repo_root', 'runs_root', 'default_out_dir',
+__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'runs_root', 'default_out_dir',
            'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint',
            'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
 
@@ -104,13 +107,6 @@ def parse_model_args(s: str | dict | None) -> dict:
         try: out[m.group(1)] = ast.literal_eval(m.group(2))
         except (ValueError, SyntaxError): out[m.group(1)] = m.group(2)
     return out
-
-def repo_root(start: str | Path = '.') -> Path:
-    "The nearest folder at or above `start` with a settings.ini (the repository), else `start`."
-    p = Path(start).resolve()
-    for q in [p, *p.parents]:
-        if (q / 'settings.ini').is_file(): return q
-    return p
 
 def runs_root() -> Path:
     "Where runs go: `$LTVIT_RUNS`, else `<repo>/runs`."
@@ -209,12 +205,10 @@ class TrainConfig:
 # %% ../nbs/03_train.ipynb #4aef26ee
 def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str], Path]:
     "The train/val/test data sets of a resolved config, their label names and the data folder."
-    from ltvit.cache import ImageCache, default_cache_dir
     tf_eval = make_transform(c.img_size)
     tf_train = tf_eval if c.augment == 'none' and not c.hflip else make_transform(
         c.img_size, train=True, augment=None if c.augment == 'none' else c.augment, hflip=c.hflip)
     if c.dataset == 'synthetic':
-        from ltvit.synthetic import FINDINGS, make_synthetic
         root = make_synthetic(c.data_dir or None, n_patients=c.synthetic_patients, contrast=c.synthetic_contrast,
                               seed=c.synthetic_seed, progress=verbose)
         labels = list(FINDINGS)
@@ -223,17 +217,15 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
         labels = None
     cache = default_cache_dir(root, c.img_size)
     if c.dataset == 'synthetic':  # small: cache it at the training size (seconds), so training is not waiting on PNGs
-        from ltvit.cache import cache_dataset
         cache_dataset('synthetic', root, c.img_size, progress=False)
-    cache_dir = cache if ImageCache.is_complete(cache) else None
+    cache = ImageCache.open(cache) if ImageCache.is_complete(cache) else None
     if c.dataset in ('synthetic', 'nih'):
-        from ltvit.core import NIH_LABELS
         labels = labels or list(NIH_LABELS)
         make = lambda s, tf: NIHChestXray14(root, s, transform=tf, labels=labels, val_frac=c.val_frac, seed=c.seed,
-                                            subset=c.subset, cache_dir=cache_dir, verbose=verbose and s == 'train')
+                                            subset=c.subset, cache=cache, verbose=verbose and s == 'train')
     else:
         make = lambda s, tf: CheXpert(root, s, transform=tf, labels=c.chexpert_labels, policy=c.label_policy,
-                                      val_frac=c.val_frac, seed=c.seed, cache_dir=cache_dir)
+                                      val_frac=c.val_frac, seed=c.seed, cache=cache)
     ds = {'train': make('train', tf_train), 'val': make('val', tf_eval), 'test': make('test', tf_eval)}
     if c.preload:
         if tf_train is not tf_eval: raise ValueError("preload=True needs a deterministic training transform: augment='none' and hflip=0.")
@@ -357,24 +349,6 @@ def predict(model, loader, device, precision, world: int = 1) -> tuple[np.ndarra
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
 
-def _versions() -> dict:
-    import PIL, sklearn
-    v = {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
-         'numpy': np.__version__, 'pandas': pd.__version__, 'scikit-learn': sklearn.__version__, 'pillow': PIL.__version__}
-    try:
-        from importlib.metadata import version; v['ltvit'] = version('ltvit')
-    except Exception: pass
-    return v
-
-def _git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
-        r = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
-        if r.returncode: return None
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
-        return r.stdout.strip() + ('-dirty' if dirty else '')
-    except Exception: return None
-
 def _loader(ds, batch, sampler, workers, seed=None, drop_last=False):
     g = torch.Generator(); g.manual_seed(seed if seed is not None else 0)
     return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
@@ -424,7 +398,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     fingerprint = {s: d.fingerprint() for s, d in ds.items()}
     cfg_record = {'config': asdict(c), 'labels': labels, 'data_dir': str(root), 'split_sizes': {s: len(d) for s, d in ds.items()},
                   'split_fingerprint': fingerprint, 'n_params': n_params, 'device': str(dev), 'precision': precision,
-                  'world_size': world, 'versions': _versions(), 'git_commit': _git_commit(), 'steps_per_epoch': steps_per_epoch}
+                  'world_size': world, 'versions': package_versions(), 'git_commit': git_commit(), 'steps_per_epoch': steps_per_epoch}
     if main: atomic_write(out / 'config.json', _json(cfg_record))
     say(f'{c.model} ({n_params / 1e6:.2f} M parameters{", n2=%d" % c.n2 if c.model.startswith("ltvit") else ""}) on '
         f'{c.dataset}: {len(ds["train"])} train / {len(ds["val"])} val / {len(ds["test"])} test images, {len(labels)} labels; '
