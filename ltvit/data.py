@@ -18,7 +18,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from .core import CHEXPERT_5, CXR_MEAN, CXR_STD, NIH_LABELS, get_data_dir, get_label_set
+from .core import CXR_MEAN, CXR_STD, NIH_LABELS, get_data_dir, get_label_set
 
 # %% auto #0
 __all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS', 'UNCERTAINTY_POLICIES', 'MIXED_ONES',

@@ -30,7 +30,7 @@ __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
-VARIANTS = {  # ablations of the choices method.md marks as ours: name -> extra model arguments
+VARIANTS = {  # ablations of the choices the method guide marks as ours: name -> extra model arguments
     'no label-label attention': {'label_attn': False},
     'one shared linear head': {'head': 'shared'},
     'fresh LT blocks': {'reuse_blocks': False},

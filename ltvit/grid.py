@@ -255,5 +255,4 @@ def run_grid(grid: Grid, root: str | Path,
     return st
 
 # %% ../nbs/06_grid.ipynb #9e86cdde
-#| eval: false
-if __name__ == '__main__': run_task(sys.argv[1])
+if __name__ == '__main__' and '__file__' in globals(): run_task(sys.argv[1])  # python -m ltvit.grid <folder>

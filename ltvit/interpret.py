@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -106,7 +104,6 @@ def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the 
               cmaps: Sequence[str] = ('magma', 'viridis', 'cividis', 'plasma'),
              ):
     "A grid: per image the X-ray, then for each label one panel per method, boxes drawn; returns the figure."
-    import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
     show = list(show or labels)

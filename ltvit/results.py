@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write, repo_root
-from .grid import Grid, Run, run_state
+from .grid import Grid, run_state
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -35,8 +33,8 @@ from tqdm import tqdm
 from .cache import ImageCache, cache_dataset, default_cache_dir
 from .core import (NIH_LABELS, atomic_write, autocast, get_data_dir, get_device, get_precision, git_commit,
                         package_versions, repo_root, seed_everything)
-from .data import CheXpert, NIHChestXray14, make_transform
-from .model import LTViT, load_pretrained, save_model
+from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
+from .model import load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
@@ -197,8 +195,8 @@ class TrainConfig:
                   'val_frac': 0 < c.val_frac < 1, 'hflip': 0 <= c.hflip <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad: raise ValueError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
-        if c.label_policy not in ('ones', 'zeros', 'ignore', 'mixed'):
-            raise ValueError(f"label_policy={c.label_policy!r}: expected 'ones', 'zeros', 'ignore' or 'mixed'.")
+        if c.label_policy not in UNCERTAINTY_POLICIES:
+            raise ValueError(f'label_policy={c.label_policy!r}: expected one of {UNCERTAINTY_POLICIES}.')
         if c.augment in ('', 'none', 'None'): c.augment = 'none'
         return c
 
@@ -538,5 +536,4 @@ def main(argv: Sequence[str] | None = None):
         if dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/03_train.ipynb #6ec3b2db
-#| eval: false
-if __name__ == '__main__': main()  # python -m ltvit.train (not run inside this notebook)
+if __name__ == '__main__' and '__file__' in globals(): main()  # python -m ltvit.train (a notebook has no __file__)
