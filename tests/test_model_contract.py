@@ -6,7 +6,9 @@ import copy
 import pytest
 import timm
 import torch
+from timm.layers.attention import Attention
 from timm.models.vision_transformer import VisionTransformer
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import ltvit
 from ltvit.model import LTViT, load_pretrained
@@ -135,6 +137,12 @@ def _models(config):
     return out
 
 
+def _each_eval_model(config):
+    "(name, model in eval mode) for every way of building `config`, with one input batch."
+    x = torch.randn(2, 3, 32, 32)
+    return x, [(name, model.eval()) for name, model in _models(config).items()]
+
+
 def _saved_bytes(model, x):
     "Bytes autograd saves for the backward pass of `model(x).sum()` (then runs the backward)."
     total = [0]
@@ -162,9 +170,8 @@ def test_grad_checkpointing_same_gradients_less_memory(config):
 
 @pytest.mark.parametrize('config', list(CONFIGS))
 def test_forward_intermediates_and_pruning_agree_with_forward(config):
-    x = torch.randn(2, 3, 32, 32)
-    for name, model in _models(config).items():
-        model.eval()
+    x, models = _each_eval_model(config)
+    for name, model in models:
         with torch.no_grad():
             final, inter = model.forward_intermediates(x, indices=[0, 2])
             assert torch.equal(model.forward_head(final), model(x)), name
@@ -197,10 +204,8 @@ def test_features_only(feature_cls):
 
 @pytest.mark.parametrize('config', list(CONFIGS))
 def test_torchscript_and_fx_match_eager(config):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    x = torch.randn(2, 3, 32, 32)
-    for name, model in _models(config).items():
-        model.eval()
+    x, models = _each_eval_model(config)
+    for name, model in models:
         with torch.no_grad():
             ref = model(x)
             assert torch.allclose(torch.jit.script(model)(x), ref, atol=1e-6), name
@@ -228,10 +233,8 @@ def test_label_names_follow_the_count(name):
 
 @pytest.mark.parametrize('config', list(CONFIGS))
 def test_mask_holds_on_fused_and_unfused_attention(config):
-    from timm.layers.attention import Attention
-    x = torch.randn(2, 3, 32, 32)
-    for name, model in _models(config).items():
-        model.eval()
+    x, models = _each_eval_model(config)
+    for name, model in models:
         with torch.no_grad():
             fused = model(x)
             for m in model.modules():
