@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .core import atomic_write
+from .core import write_json
 from .data import DataError, find_nih_images, load_image, read_nih_table, resolve_chexpert_path
 
 # %% auto #0
@@ -44,8 +44,6 @@ def _work(args):
     mm.flush()
     return [i for i, _ in chunk]
 
-def _write_json(path: Path, obj): atomic_write(path, json.dumps(obj))
-
 # %% ../nbs/01b_cache.ipynb #852d0c1f
 def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
                 paths: Sequence[str | Path],  # their files
@@ -67,7 +65,7 @@ def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
     if old is None or {k: old.get(k) for k in ('version', 'size', 'n', 'ids')} != {k: meta[k] for k in ('version', 'size', 'n', 'ids')}:
         np.memmap(out / 'images.u8', dtype=np.uint8, mode='w+', shape=(n, size, size)).flush()
         np.memmap(out / 'done.u8', dtype=np.uint8, mode='w+', shape=(n,)).flush()
-        _write_json(meta_path, meta)
+        write_json(meta_path, meta)
     elif old.get('complete'): return out
     done = np.memmap(out / 'done.u8', dtype=np.uint8, mode='r+', shape=(n,))
     todo = [(i, paths[i]) for i in np.flatnonzero(done == 0)]
@@ -87,7 +85,7 @@ def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
     for i in np.random.default_rng(0).choice(n, min(verify, n), replace=False):
         if not np.array_equal(mm[i], _resize(load_image(paths[i]), size)):
             raise DataError(f'{out}: cached image {ids[i]} differs from {paths[i]}; delete the cache and rebuild it.')
-    meta['complete'] = True; _write_json(meta_path, meta)
+    meta['complete'] = True; write_json(meta_path, meta)
     return out
 
 # %% ../nbs/01b_cache.ipynb #de5d2df7

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import random
@@ -20,7 +21,7 @@ import torch
 # %% auto #0
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
            'CXR_STD', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast', 'get_data_dir',
-           'atomic_write', 'repo_root', 'git_commit', 'package_versions']
+           'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -136,6 +137,18 @@ def atomic_write(path: str | os.PathLike,  # the file to (re)write
     finally:
         if tmp.exists(): tmp.unlink()
     return path
+
+# %% ../nbs/00_core.ipynb #8e438278
+def _plain(o):
+    "JSON for what `json` does not know: NumPy/torch scalars as numbers, anything else as its text."
+    return o.item() if hasattr(o, 'item') else str(o)
+
+def write_json(path: str | os.PathLike,  # the file to (re)write, atomically
+               obj,  # anything JSON can hold, plus NumPy/torch scalars
+               sort_keys: bool = False,  # sort object keys (for files compared byte for byte)
+              ) -> Path:
+    "Write `obj` as indented JSON with a final newline, atomically."
+    return atomic_write(path, json.dumps(obj, indent=1, sort_keys=sort_keys, default=_plain) + '\n')
 
 # %% ../nbs/00_core.ipynb #a456805e
 def repo_root(start: str | os.PathLike = '.') -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import atomic_write, repo_root
+from .core import atomic_write, repo_root, write_json
 from .grid import Grid, Run, checkout_path, run_grid, run_status
 from .train import runs_root
 
@@ -202,7 +202,7 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
                         attention=att.numpy().astype(np.float16), gradcam_ltvit=cam_lt.numpy().astype(np.float16),
                         gradcam_vit=cam_vit.numpy().astype(np.float16), index=np.array(pick),
                         ids=np.array([test.table['id'].iat[i] for i in pick]), labels=np.array(test.labels))
-    atomic_write(out / 'example_boxes.json', json.dumps({str(k): boxes[i] for k, i in enumerate(pick)}))
+    write_json(out / 'example_boxes.json', {str(k): boxes[i] for k, i in enumerate(pick)})
     o = table.loc['overall']
     return {'pairs': int(o['random n']), 'images': len({r for r in scores['random']['image']}),
             **{f'{c}': float(o[c]) for c in table.columns if not c.endswith(' n')}}

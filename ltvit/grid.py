@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .core import atomic_write, git_commit, package_versions, repo_root
+from .core import git_commit, package_versions, repo_root, write_json
 
 # %% auto #0
 __all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_status', 'checkout_path', 'training_notebook', 'check_folder', 'run_command',
@@ -146,7 +146,7 @@ def _write_spec(grid: Grid, name: str, root: Path) -> tuple[Path, dict]:
     check_folder(grid, name, root)
     out.mkdir(parents=True, exist_ok=True)
     old = out / 'grid.json'
-    atomic_write(old, json.dumps(spec, indent=1, sort_keys=True, default=str))
+    write_json(old, spec, sort_keys=True)
     return out, spec
 
 def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | None = None) -> tuple[list[str], Path]:
@@ -155,7 +155,7 @@ def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | 
     if spec['kind'] == 'train':
         nb = Path(notebook) if notebook else training_notebook()
         params = {**spec['resolved'], 'out_dir': str(out), 'resume': True}
-        atomic_write(out / 'params.json', json.dumps(params, indent=1, sort_keys=True))
+        write_json(out / 'params.json', params, sort_keys=True)
         return [sys.executable, '-m', 'papermill', str(nb), str(out / 'run.ipynb'), '-f', str(out / 'params.json'),
                 '--cwd', str(nb.parent), '--no-progress-bar', '--log-output'], out
     return [sys.executable, '-m', 'ltvit.grid', str(out)], out
@@ -163,11 +163,11 @@ def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | 
 def run_task(folder: str | Path) -> dict:
     "Execute the task of `folder/grid.json`: its settings go to `config.json`, what it returns to `metrics.json`."
     folder = Path(folder); spec = json.loads((folder / 'grid.json').read_text())
-    atomic_write(folder / 'config.json', json.dumps({'task': spec['fn'], 'config': spec['resolved'], 'versions': package_versions(),
-                                                      'git_commit': git_commit()}, indent=1, sort_keys=True, default=str))
+    write_json(folder / 'config.json', {'task': spec['fn'], 'config': spec['resolved'], 'versions': package_versions(),
+                                        'git_commit': git_commit()}, sort_keys=True)
     mod, fn = spec['fn'].split(':')
     result = getattr(importlib.import_module(mod), fn)(folder, **spec['resolved'])
-    atomic_write(folder / 'metrics.json', json.dumps(result or {}, indent=1, sort_keys=True, default=str))
+    write_json(folder / 'metrics.json', result or {}, sort_keys=True)
     return result
 
 # %% ../nbs/06_grid.ipynb #032a18f2
@@ -197,9 +197,9 @@ def run_grid(grid: Grid, root: str | Path,
     "Run every run of `grid` that is not finished under `root`; returns the status table afterwards."
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
     names = grid.order(only)
-    atomic_write(root / 'grid.json', json.dumps({'preset': grid.preset, 'meta': grid.meta, 'runs': {
+    write_json(root / 'grid.json', {'preset': grid.preset, 'meta': grid.meta, 'runs': {
         grid.id(n): {'name': n, 'kind': grid.runs[n].kind, 'fn': grid.runs[n].fn, 'params': grid.runs[n].params,
-                     'tags': grid.runs[n].tags, 'after': list(grid.runs[n].after)} for n in grid.order()}}, indent=1, sort_keys=True, default=str))
+                     'tags': grid.runs[n].tags, 'after': list(grid.runs[n].after)} for n in grid.order()}}, sort_keys=True)
     status = run_status(grid, root).set_index('name')['status'].to_dict()
     todo = [n for n in names if status[n] != 'finished']
     for n in todo: check_folder(grid, n, root)

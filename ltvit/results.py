@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write, repo_root
+from .core import atomic_write, repo_root, write_json
 from .grid import Grid, run_state
 
 # %% auto #0
@@ -251,7 +251,7 @@ class Artefacts:
         meta = self._meta('table', t.name, cap, t.runs.values(), [p.name for p in paths.values()], cells=cells,
                           missing=[r.name for r in t.missing], command=t.command() if t.missing else None)
         paths['json'] = self.tables / f'{t.name}.json'
-        atomic_write(paths['json'], json.dumps(meta, indent=1, sort_keys=True) + '\n')
+        write_json(paths['json'], meta, sort_keys=True)
         if self.show:
             if t.missing: display(Markdown(t.missing_report()))
             display(Markdown(md)); display(Markdown(cap))
@@ -274,7 +274,7 @@ class Artefacts:
         plt.close(fig)
         missing = [r.name for r in runs if not r.finished]
         paths['json'] = self.figures / f'{name}.json'
-        atomic_write(paths['json'], json.dumps(self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json'],
-                                                          missing=missing), indent=1, sort_keys=True) + '\n')
+        write_json(paths['json'], self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json'],
+                                             missing=missing), sort_keys=True)
         if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
         return paths

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from .core import atomic_write, get_data_dir
+from .core import atomic_write, get_data_dir, write_json
 
 # %% auto #0
 __all__ = ['FINDINGS', 'PREVALENCE', 'LATENT', 'sample_findings', 'Anatomy', 'render', 'SyntheticSpec', 'make_synthetic',
@@ -277,8 +277,8 @@ def make_synthetic(out: str | Path | None = None,  # folder to write (default: `
     (out / 'test_list.txt').write_text('\n'.join(df['Image Index'][is_test]) + '\n')
     (out / 'train_val_list.txt').write_text('\n'.join(df['Image Index'][~is_test]) + '\n')
     prev = {f: float(df['Finding Labels'].str.split('|').apply(lambda l: f in l).mean()) for f in FINDINGS}
-    atomic_write(meta_path, json.dumps({'key': spec.key(), 'spec': asdict(spec), 'images': len(df),
-                                         'prevalence': prev, 'labels': list(FINDINGS), 'complete': True}, indent=1))
+    write_json(meta_path, {'key': spec.key(), 'spec': asdict(spec), 'images': len(df),
+                           'prevalence': prev, 'labels': list(FINDINGS), 'complete': True})
     return out
 
 # %% ../nbs/01a_synthetic.ipynb #4a91f6ec

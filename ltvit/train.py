@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
 from .core import (NIH_LABELS, atomic_write, autocast, get_data_dir, get_device, get_precision, git_commit,
-                        package_versions, repo_root, seed_everything)
+                        package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
 from .model import load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
@@ -272,8 +272,6 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor,
     return (loss * mask).sum() * world / known.clamp_min(1)
 
 # %% ../nbs/03_train.ipynb #d4e88806
-def _json(obj) -> str: return json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
-
 def save_checkpoint(out: Path, model, opt, sched, state: dict):
     "Write a complete checkpoint folder, then point `last.json` at it, then remove older folders."
     ck = out / 'checkpoints'; name = f'epoch{state["epoch"]:04d}'
@@ -287,9 +285,9 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict):
             if torch.is_tensor(v): tensors[f'{pid}.{k}'] = v.detach().contiguous().cpu()
             else: plain[f'{pid}.{k}'] = v
     atomic_write(d / 'optim.safetensors', writer=lambda p: save_file(tensors, str(p)))
-    atomic_write(d / 'state.json', _json({**state, 'param_groups': osd['param_groups'], 'optim_plain': plain,
-                                           'scheduler': sched.state_dict()}))
-    atomic_write(ck / 'last.json', _json({'dir': name, 'epoch': state['epoch']}))
+    write_json(d / 'state.json', {**state, 'param_groups': osd['param_groups'], 'optim_plain': plain,
+                                   'scheduler': sched.state_dict()})
+    write_json(ck / 'last.json', {'dir': name, 'epoch': state['epoch']})
     for old in ck.glob('epoch*'):
         if old.name != name and old.is_dir():
             for f in old.iterdir(): f.unlink()
@@ -397,7 +395,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     cfg_record = {'config': asdict(c), 'labels': labels, 'data_dir': str(root), 'split_sizes': {s: len(d) for s, d in ds.items()},
                   'split_fingerprint': fingerprint, 'n_params': n_params, 'device': str(dev), 'precision': precision,
                   'world_size': world, 'versions': package_versions(), 'git_commit': git_commit(), 'steps_per_epoch': steps_per_epoch}
-    if main: atomic_write(out / 'config.json', _json(cfg_record))
+    if main: write_json(out / 'config.json', cfg_record)
     say(f'{c.model} ({n_params / 1e6:.2f} M parameters{", n2=%d" % c.n2 if c.model.startswith("ltvit") else ""}) on '
         f'{c.dataset}: {len(ds["train"])} train / {len(ds["val"])} val / {len(ds["test"])} test images, {len(labels)} labels; '
         f'{dev} {precision}, batch {c.batch_size}, lr {c.lr:.2e}, {c.epochs} epochs x {steps_per_epoch} steps.')
@@ -487,7 +485,7 @@ def _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_r
                          **{f'prob_{l}': p[:, j] for j, l in enumerate(labels)}})
     atomic_write(out / 'predictions.csv', pred.to_csv(index=False))
     _plots(out, hist, y, p, labels, rep['per_class_auc'])
-    atomic_write(out / 'metrics.json', _json(metrics))  # last: its presence marks a finished run
+    write_json(out / 'metrics.json', metrics)  # last: its presence marks a finished run
     if world > 1: dist.barrier()
     say(format_report(metrics, out))
     return metrics
