@@ -7,14 +7,14 @@ Same batch, same threads, interleaved runs, median of several. Prints numbers; i
 """
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ltvit  # noqa: F401  (registers ltvit_*)
-from ltvit.core import autocast, get_device
+from ltvit.core import get_device
+from ltvit.experiments import time_models
 
 
 def build(args):
@@ -50,38 +50,18 @@ def main():
     y = (torch.rand(args.batch, args.labels, device=dev) > 0.8).float()
     print(f'{args.size} patch16 @ {args.img_size}px, n2={args.n2}, {args.labels} labels, batch {args.batch}, '
           f'{dev} {args.precision}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, timm {timm.__version__}')
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     for k, m in models.items():
         n = sum(p.numel() for p in m.parameters())
         f = flops(m.train(), x[:1]) * args.batch
         m.zero_grad(set_to_none=True)
         print(f'{k:14s} params {n / 1e6:7.3f} M   train-step FLOPs/batch {f / 1e9:8.2f} G')
     if args.compile: models = {k: torch.compile(m) for k, m in models.items()}
-    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
-
-    def train_step(k):
-        m, opt = models[k], opts[k]
-        m.train()
-        with autocast(dev, args.precision):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x).float(), y)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def infer(k):
-        models[k].eval()
-        with autocast(dev, args.precision): models[k](x)
-
-    for name, fn in (('train step', train_step), ('inference', infer)):
-        times = {k: [] for k in models}
-        for k in models: fn(k); fn(k)  # warm-up
-        sync()
-        for _ in range(args.reps):  # interleaved
-            for k in models:
-                t = time.perf_counter(); fn(k); sync(); times[k].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+    times = time_models(models, x, y, args.reps, args.precision)  # the same timing as the grid's speed run
+    for name, phase in (('train step', 'train'), ('inference', 'inference')):
+        med = {k: statistics.median(v) for k, v in times[phase].items()}
         for k in models:
             print(f'{name:10s} {k:14s} median {med[k] * 1e3:9.1f} ms  ({args.batch / med[k]:8.1f} img/s)  '
-                  f'runs: {" ".join(f"{t * 1e3:.0f}" for t in times[k])}')
+                  f'runs: {" ".join(f"{t * 1e3:.0f}" for t in times[phase][k])}')
         for k in models:
             if k != 'ViT': print(f'{name:10s} ratio {k} / ViT = {med[k] / med["ViT"]:.3f}')
     if dev.type == 'cuda': print(f'peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')

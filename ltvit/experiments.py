@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import atomic_write, repo_root, write_json
+from .core import atomic_write, autocast, get_device, get_precision, repo_root, write_json
 from .grid import Grid, Run, checkout_path, run_grid, run_status
 from .train import runs_root
 
 # %% auto #0
 __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',
-           'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'speed_task',
+           'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'time_models', 'speed_task',
            'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'load_grid', 'paper_dir',
            'run_paper_notebooks', 'main']
 
@@ -215,11 +215,36 @@ def _median_time(fn, reps: int, sync) -> float:
         t = time.perf_counter(); fn(); sync(); ts.append(time.perf_counter() - t)
     return float(np.median(ts))
 
+def time_models(models: dict,  # name -> model, on `x`'s device
+                x: torch.Tensor, y: torch.Tensor,  # one batch of images and 0/1 targets
+                reps: int = 20,  # timed repetitions (after two warm-up calls), interleaved across models
+                precision: str = 'fp32',
+               ) -> dict[str, dict[str, list[float]]]:
+    "Seconds of every timed training step (AdamW) and inference call of each model: `{'train': {name: [...]}, 'inference': ...}`."
+    dev = x.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    def train_step(k):
+        models[k].train()
+        with autocast(dev, precision): loss = torch.nn.functional.binary_cross_entropy_with_logits(models[k](x).float(), y)
+        opts[k].zero_grad(set_to_none=True); loss.backward(); opts[k].step()
+    def infer(k):
+        models[k].eval()
+        with torch.no_grad(), autocast(dev, precision): models[k](x)
+    out = {}
+    for phase, fn in (('train', train_step), ('inference', infer)):
+        for k in models: fn(k); fn(k)
+        sync(); times = {k: [] for k in models}
+        for _ in range(max(1, reps)):
+            for k in models:
+                t = time.perf_counter(); fn(k); sync(); times[k].append(time.perf_counter() - t)
+        out[phase] = times
+    return out
+
 def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: int = 224, num_labels: int = 14, n2: int = 4,
                batch: int = 64, reps: int = 20, device: str = 'auto') -> dict:
     "Median seconds per training step and per inference batch (ViT vs LT-ViT), and per batch of maps for every label."
     import timm
-    from ltvit.core import autocast, get_device, get_precision
     from ltvit.interpret import attention_maps, gradcam_maps
     from ltvit.train import parse_model_args
     dev = get_device(device); prec = get_precision('auto', dev)
@@ -231,15 +256,11 @@ def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: i
     x = torch.randn(batch, 3, img_size, img_size, device=dev); y = (torch.rand(batch, num_labels, device=dev) < 0.3).float()
     res = {'device': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)',
            'precision': prec, 'batch': batch, 'img_size': img_size, 'num_labels': num_labels, 'n2': n2, 'reps': reps}
+    models = {k: m.to(dev) for k, m in models.items()}
+    times = time_models(models, x, y, reps, prec)
     for name, m in models.items():
-        m.to(dev); opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        def step():
-            with autocast(dev, prec): loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x).float(), y)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        def infer():
-            with torch.no_grad(), autocast(dev, prec): m(x)
-        m.train(); res[f'{name} train step s'] = _median_time(step, reps, sync)
-        m.eval(); res[f'{name} inference s'] = _median_time(infer, reps, sync)
+        res[f'{name} train step s'] = float(np.median(times['train'][name]))
+        res[f'{name} inference s'] = float(np.median(times['inference'][name]))
         res[f'{name} parameters M'] = sum(p.numel() for p in m.parameters()) / 1e6
     lt = models['LT-ViT'].eval()
     res['attention maps s'] = _median_time(lambda: attention_maps(lt, x), reps, sync)
