@@ -74,7 +74,7 @@ class LabelHead(nn.Module):
 
     def extra_repr(self): return f'num_labels={self.num_labels}, dim={self.weight.shape[1]}, kind={self.kind!r}'
 
-# %% ../nbs/02_model.ipynb #07af1e27
+# %% ../nbs/02_model.ipynb #553c5a98
 ATTN_IMPLS = ('mask', 'split')
 
 class LTBlock(Block):
@@ -111,7 +111,7 @@ class LTBlock(Block):
             img = img + self.drop_path1(self.ls1(self.attn(h_img)))
             img = img + self.drop_path2(self.ls2(self.mlp(self.norm2(img))))
             return torch.cat([img, lbl], dim=1)
-        h = self.norm1(x)  # then the label rows take the label norm (cheaper than normalising two slices and joining them)
+        h = self.norm1(x)  # then the label rows take the label norm (cheaper than two slices normalised and joined)
         h = torch.slice_scatter(h, self.norm_label(lbl), dim=1, start=n_img)
         if attn_mask is None: attn_mask = lt_attention_mask(n_img, self.num_labels, self.label_attn, x.device)
         if not self.attn.fused_attn and attn_mask.dtype == torch.bool: attn_mask = additive_mask(attn_mask, h.dtype)
@@ -128,7 +128,8 @@ class LTBlock(Block):
         q = F.linear(h[:, n_img:], w[:dim], None if b is None else b[:dim])
         kv = F.linear(kv_in, w[dim:], None if b is None else b[dim:])
         q = self.attn.q_norm(q.reshape(B, C, self.attn.num_heads, self.attn.head_dim).transpose(1, 2))
-        k, v = kv.reshape(B, kv_in.shape[1], 2, self.attn.num_heads, self.attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        kv = kv.reshape(B, kv_in.shape[1], 2, self.attn.num_heads, self.attn.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         k = self.attn.k_norm(k)
         if self.attn.fused_attn and not self.capture:
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn.attn_drop.p if self.training else 0.)
@@ -139,7 +140,8 @@ class LTBlock(Block):
 
 class _NoLabels(nn.Module):
     "Stands in `lt_blocks` at the depths without an LT block, so that `lt_blocks` lines up with `blocks`."
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
         return x
 
 # %% ../nbs/02_model.ipynb #1a18caed
@@ -164,7 +166,7 @@ def _lt_mask(x: torch.Tensor, cached: torch.Tensor, n_lbl: int, label_attn: bool
     if cached.shape[0] == x.shape[1] + n_lbl: return cached
     return lt_attention_mask(x.shape[1], n_lbl, label_attn, x.device)
 
-# %% ../nbs/02_model.ipynb #9d51befb
+# %% ../nbs/02_model.ipynb #6de7fa35
 class LTViT(VisionTransformer):
     "A timm `VisionTransformer` with label tokens in its last `n2` blocks and one logit per label."
     def __init__(self,
@@ -219,7 +221,8 @@ class LTViT(VisionTransformer):
                 if i <= last:
                     if i == self.n1: x = torch.cat([x, lbl], dim=1)
                     m = mask if i >= self.n1 else None
-                    if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(blk, x, m, use_reentrant=False)
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        x = checkpoint(blk, x, m, use_reentrant=False)
                     else: x = blk(x, m)
                     if i in take: out.append(x[:, :n_img])
             return x, out
@@ -227,7 +230,8 @@ class LTViT(VisionTransformer):
             if i <= last:
                 if i >= self.n1:
                     j = torch.cat([x, lbl], dim=1)
-                    if self.grad_checkpointing and not torch.jit.is_scripting(): lbl = checkpoint(lt, j, mask, use_reentrant=False)
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        lbl = checkpoint(lt, j, mask, use_reentrant=False)
                     else: lbl = lt(j, mask)
                 if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(blk, x, use_reentrant=False)
                 else: x = blk(x)
@@ -236,13 +240,14 @@ class LTViT(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         "Normalised token sequence `[CLS, patches, labels]`, shape `(B, N_img + C, D)`."
-        if self.pruned: raise RuntimeError('This LT-ViT was pruned to its first blocks (prune_intermediate_layers); the label '
-                                           'tokens need every block. Use forward_intermediates(..., intermediates_only=True).')
+        if self.pruned:
+            raise RuntimeError('This LT-ViT was pruned to its first blocks (prune_intermediate_layers); the label '
+                               'tokens need every block. Use forward_intermediates(..., intermediates_only=True).')
         x, _ = self._run_blocks(self._stem(x), [], len(self.blocks))
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        "Logits `(B, C)` from the label tokens at the end of `x`; with `pre_logits`, the per-label features `(B, C, D)`."
+        "Logits `(B, C)` from the label tokens at the end of `x`; `pre_logits`: the per-label features `(B, C, D)`."
         if self.num_classes == 0: return self.head_drop(self.fc_norm(self.pool(x)))  # embedding model: timm's pooling
         x = self.head_drop(x[:, x.shape[1] - self.num_classes:])
         return x if pre_logits else self.head(x)
@@ -251,7 +256,8 @@ class LTViT(VisionTransformer):
         return self.forward_head(self.forward_features(x))
 
     # --- timm hooks -------------------------------------------------------------------------------------
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, label_names: Sequence[str] | None = None):
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None,
+                         label_names: Sequence[str] | None = None):
         "New label tokens and head for `num_classes` labels (or `label_names`); 0 gives an embedding model."
         if global_pool is not None: self.global_pool = global_pool
         names = _label_names(None if label_names is not None else num_classes, label_names)
@@ -291,10 +297,11 @@ class LTViT(VisionTransformer):
                               intermediates_only: bool = False,
                               output_dict: bool = False,
                               **kwargs):  # timm's `attn_mask`/`is_causal`: refused (LT-ViT builds its own mask)
-        "timm's `forward_intermediates`: image-token intermediates; the final output is `forward_features(x)` (with labels)."
+        "timm's `forward_intermediates`: image-token intermediates; the final output is `forward_features(x)`."
         if kwargs.get('attn_mask') is not None or kwargs.get('is_causal'):
             raise ValueError('LT-ViT builds its own attention mask; attn_mask/is_causal are not supported.')
-        if output_fmt not in ('NCHW', 'NLC'): raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
         take, max_index = feature_take_indices(len(self.blocks), indices)
         if not intermediates_only and (self.pruned or (stop_early and max_index < len(self.blocks) - 1)):
             raise ValueError('The final features need every block (the label tokens run in the last n2); '
@@ -316,8 +323,9 @@ class LTViT(VisionTransformer):
         return inter if intermediates_only else (self.norm(x), inter)
 
     @torch.jit.ignore
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True):
-        "Keep the blocks that `indices` need; a model that loses blocks refuses `forward` (its label tokens need them all)."
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        "Keep the blocks that `indices` need; a model that loses blocks refuses `forward` (labels need them all)."
         take, max_index = feature_take_indices(len(self.blocks), indices)
         if max_index + 1 < len(self.blocks):
             self.blocks = self.blocks[:max_index + 1]
@@ -337,7 +345,8 @@ class LTViT(VisionTransformer):
         if type(vit) is not VisionTransformer:
             raise TypeError(f'from_vit needs a timm VisionTransformer, got {type(vit).__name__}.')
         unknown = set(lt_kwargs) - set(LT_DEFAULTS)
-        if unknown: raise TypeError(f'Unknown LT-ViT arguments {sorted(unknown)}; expected some of {sorted(LT_DEFAULTS)}.')
+        if unknown:
+            raise TypeError(f'Unknown LT-ViT arguments {sorted(unknown)}; expected some of {sorted(LT_DEFAULTS)}.')
         names = _label_names(label_names, None) if isinstance(label_names, int) else label_names
         cfg = {k: v for k, v in vit_config(vit).items() if k != 'num_classes'}
         model = cls(**cfg, label_names=names, **lt_kwargs).to(vit.patch_embed.proj.weight.device)
@@ -372,7 +381,7 @@ def _fresh_copy(blk: Block) -> Block:
             elif not n.startswith(('ls1', 'ls2')): p.zero_()  # LayerScale keeps its init value
     return b
 
-# %% ../nbs/02_model.ipynb #2fcfbab3
+# %% ../nbs/02_model.ipynb #ebade964
 def _drop_path_rate(vit: VisionTransformer) -> float:
     dp = vit.blocks[-1].drop_path1
     return float(getattr(dp, 'drop_prob', 0.0) or 0.0)
@@ -381,8 +390,9 @@ def vit_config(vit: VisionTransformer  # a timm ViT or LT-ViT
               ) -> dict:
     "The `VisionTransformer` arguments (JSON-ready) that rebuild `vit`'s architecture, dropout rates included."
     blk, pe = vit.blocks[0], vit.patch_embed
-    if not (isinstance(vit.norm, (nn.LayerNorm, nn.Identity)) and isinstance(blk.norm1, nn.LayerNorm) and blk.norm1.eps == 1e-6
-            and type(blk.mlp) is Mlp and type(blk.mlp.act) is nn.GELU and blk.mlp.act.approximate == 'none'):
+    if not (isinstance(vit.norm, (nn.LayerNorm, nn.Identity)) and isinstance(blk.norm1, nn.LayerNorm)
+            and blk.norm1.eps == 1e-6 and type(blk.mlp) is Mlp and type(blk.mlp.act) is nn.GELU
+            and blk.mlp.act.approximate == 'none'):
         raise ValueError('Only ViTs with LayerNorm(eps=1e-6), a GELU Mlp and plain blocks can be rebuilt from the '
                          f'instance (got norm {type(blk.norm1).__name__}, mlp {type(blk.mlp).__name__}).')
     if getattr(vit, 'attn_pool', None) is not None: raise ValueError('ViTs with attention pooling are not supported.')
@@ -400,10 +410,10 @@ def vit_config(vit: VisionTransformer  # a timm ViT or LT-ViT
     if getattr(vit.patch_drop, 'prob', 0): cfg['patch_drop_rate'] = vit.patch_drop.prob
     return cfg
 
-# %% ../nbs/02_model.ipynb #f3c7bf41
+# %% ../nbs/02_model.ipynb #bd136b38
 @contextlib.contextmanager
 def capture_attention(model: LTViT):
-    "Within the block, the LT blocks compute explicit probabilities; yields the list of label-query rows `(B, H, C, N)`."
+    "Within the block, LT blocks compute explicit probabilities; yields the list of label-query rows `(B, H, C, N)`."
     blocks, store, hooks = model.lt_modules(), [], []
     saved = [(b.attn.fused_attn, b.capture) for b in blocks]
     keep = lambda mod, inp, out: store.append(inp[0].detach()[:, :, inp[0].shape[2] - model.num_classes:])
@@ -433,7 +443,7 @@ def forward_lt(model: LTViT,
 
 LTViT.forward_lt = forward_lt
 
-# %% ../nbs/02_model.ipynb #0783fd57
+# %% ../nbs/02_model.ipynb #1de16c7f
 def _cfg(**kwargs) -> dict:
     return dict(url='', num_classes=14, input_size=(3, 224, 224), pool_size=None, crop_pct=1.0,
                 interpolation='bicubic', fixed_input_size=True, mean=(CXR_MEAN,) * 3, std=(CXR_STD,) * 3,
@@ -442,33 +452,36 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = generate_default_cfgs({f'ltvit_{s}_patch16_224.untrained': _cfg() for s in ('tiny', 'small', 'base')})
 
 # ImageNet weights that `pretrained=True` puts into each entrypoint's backbone (timm hub names)
-PRETRAINED_BACKBONES = {f'ltvit_{s}_patch16_224': f'vit_{s}_patch16_224.augreg_in21k_ft_in1k' for s in ('tiny', 'small', 'base')}
+PRETRAINED_BACKBONES = {f'ltvit_{s}_patch16_224': f'vit_{s}_patch16_224.augreg_in21k_ft_in1k'
+                        for s in ('tiny', 'small', 'base')}
 
 def _create_ltvit(variant: str, pretrained: bool = False, **kwargs) -> LTViT:
     out_indices = kwargs.pop('out_indices', 3)
-    if kwargs.get('label_names') is not None: kwargs.setdefault('num_classes', len(kwargs['label_names']))  # not the cfg's 14
+    if kwargs.get('label_names') is not None:  # the count is the names', not the cfg's 14
+        kwargs.setdefault('num_classes', len(kwargs['label_names']))
     model = build_model_with_cfg(LTViT, variant, pretrained=False,
                                  feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
     if pretrained:
         load_pretrained(model if isinstance(model, LTViT) else model.model, PRETRAINED_BACKBONES[variant])
     return model
 
-_SIZES = dict(tiny=dict(embed_dim=192, num_heads=3), small=dict(embed_dim=384, num_heads=6), base=dict(embed_dim=768, num_heads=12))
+_SIZES = {s: dict(patch_size=16, depth=12, embed_dim=d, num_heads=h)
+          for s, d, h in (('tiny', 192, 3), ('small', 384, 6), ('base', 768, 12))}
 
 @register_model
 def ltvit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> LTViT:
     "LT-ViT-Ti/16 at 224 px (ViT-Ti backbone: width 192, depth 12, 3 heads)."
-    return _create_ltvit('ltvit_tiny_patch16_224', pretrained, **dict(patch_size=16, depth=12, **_SIZES['tiny']) | kwargs)
+    return _create_ltvit('ltvit_tiny_patch16_224', pretrained, **_SIZES['tiny'] | kwargs)
 
 @register_model
 def ltvit_small_patch16_224(pretrained: bool = False, **kwargs) -> LTViT:
     "LT-ViT-S/16 at 224 px (ViT-S backbone: width 384, depth 12, 6 heads), the paper-scale default."
-    return _create_ltvit('ltvit_small_patch16_224', pretrained, **dict(patch_size=16, depth=12, **_SIZES['small']) | kwargs)
+    return _create_ltvit('ltvit_small_patch16_224', pretrained, **_SIZES['small'] | kwargs)
 
 @register_model
 def ltvit_base_patch16_224(pretrained: bool = False, **kwargs) -> LTViT:
     "LT-ViT-B/16 at 224 px (ViT-B backbone: width 768, depth 12, 12 heads)."
-    return _create_ltvit('ltvit_base_patch16_224', pretrained, **dict(patch_size=16, depth=12, **_SIZES['base']) | kwargs)
+    return _create_ltvit('ltvit_base_patch16_224', pretrained, **_SIZES['base'] | kwargs)
 
 # %% ../nbs/02_model.ipynb #524a1039
 _CKPT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar', '.safetensors')
@@ -493,7 +506,7 @@ class LoadReport:
                  f'  ignored from the checkpoint: {len(self.ignored)} tensors [{short(self.ignored)}]']
         return '\n'.join(lines + [f'  {n}' for n in self.notes])
 
-# %% ../nbs/02_model.ipynb #c1896e11
+# %% ../nbs/02_model.ipynb #ef09b815
 SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]  # DINO's and MAE's `args`; nothing else that runs code
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -526,7 +539,8 @@ def vit_state_dict(ckpt: dict,  # what `read_checkpoint` returned
     "The ViT state dict inside a checkpoint of any supported layout, and the layout's name."
     if not isinstance(ckpt, dict): raise ValueError(f'A checkpoint must hold a dict, got {type(ckpt).__name__}.')
     if 'teacher' in ckpt or 'student' in ckpt:
-        if dino_key not in ckpt: raise ValueError(f"DINO checkpoint has no {dino_key!r} entry (has {sorted(ckpt)[:8]}).")
+        if dino_key not in ckpt:
+            raise ValueError(f"DINO checkpoint has no {dino_key!r} entry (has {sorted(ckpt)[:8]}).")
         sd, layout = ckpt[dino_key], f'DINO {dino_key}'
     elif isinstance(ckpt.get('model'), dict): sd, layout = ckpt['model'], 'MAE/DeiT (model key)'
     elif isinstance(ckpt.get('state_dict'), dict): sd, layout = ckpt['state_dict'], 'state_dict key'
@@ -537,7 +551,7 @@ def vit_state_dict(ckpt: dict,  # what `read_checkpoint` returned
         layout += ', fc_norm used as the final norm'
     return sd, layout
 
-# %% ../nbs/02_model.ipynb #12a4c178
+# %% ../nbs/02_model.ipynb #faa20fd9
 def _check_vit_shapes(model: VisionTransformer, sd: dict, source: str):
     "Raise a clear error when `sd` is not a ViT matching `model` in width, depth and patch size."
     w = sd.get('patch_embed.proj.weight')
@@ -550,11 +564,13 @@ def _check_vit_shapes(model: VisionTransformer, sd: dict, source: str):
     if depth != len(model.blocks):
         raise ValueError(f'{source} has depth {depth}, the model {len(model.blocks)}.')
     if tuple(w.shape[-2:]) != tuple(model.patch_embed.patch_size):
-        raise ValueError(f'{source} has patch size {tuple(w.shape[-2:])}, the model {tuple(model.patch_embed.patch_size)}.')
+        raise ValueError(f'{source} has patch size {tuple(w.shape[-2:])}, '
+                         f'the model {tuple(model.patch_embed.patch_size)}.')
     if w.shape[1] != model.patch_embed.proj.weight.shape[1]:
         if w.shape[1] == 3 and model.patch_embed.proj.weight.shape[1] == 1:
             sd['patch_embed.proj.weight'] = w.sum(1, keepdim=True)
-        else: raise ValueError(f'{source} has {w.shape[1]} input channels, the model {model.patch_embed.proj.weight.shape[1]}.')
+        else: raise ValueError(f'{source} has {w.shape[1]} input channels, '
+                               f'the model {model.patch_embed.proj.weight.shape[1]}.')
 
 def _hub_state_dict(name: str) -> dict:
     "The state dict of timm's pre-trained model `name` (needs the Hugging Face hub or timm's cache)."
@@ -564,7 +580,7 @@ def _hub_state_dict(name: str) -> dict:
                            f'{str(e).splitlines()[0][:200] if str(e) else ""}). Without network access, pass a local '
                            'checkpoint file (.pth or .safetensors) instead.') from e
 
-# %% ../nbs/02_model.ipynb #f0b526e9
+# %% ../nbs/02_model.ipynb #df7e45f5
 def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (the baseline)
                     source: str | Path | dict,  # a checkpoint file, a timm/hub model name, or a state dict
                     dino_key: str = 'teacher',  # for DINO checkpoints: 'teacher' or 'student'
@@ -584,8 +600,10 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
         n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
         old = pe.shape[1] - n_prefix
         if math.isqrt(old) ** 2 != old:
-            raise ValueError(f'{name}: pos_embed has {pe.shape[1]} positions, not {n_prefix} prefix tokens + a square grid.')
-        sd['pos_embed'] = resample_abs_pos_embed(pe, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=n_prefix)
+            raise ValueError(f'{name}: pos_embed has {pe.shape[1]} positions, '
+                             f'not {n_prefix} prefix tokens + a square grid.')
+        sd['pos_embed'] = resample_abs_pos_embed(pe, new_size=list(model.patch_embed.grid_size),
+                                                 num_prefix_tokens=n_prefix)
         report.notes.append(f'pos_embed resampled from a {math.isqrt(old)}x{math.isqrt(old)} grid to '
                             f'{model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]}')
     to_load = {}
@@ -595,18 +613,19 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
                 raise ValueError(f'{name}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}.')
             to_load[k] = v
         elif _IGNORABLE.match(k) or k.startswith('decoder'): report.ignored.append(k)
-        else: raise ValueError(f'{name}: unexpected tensor {k!r}; this is not a checkpoint of the same ViT architecture.')
+        else: raise ValueError(f'{name}: unexpected tensor {k!r}; not a checkpoint of the same ViT architecture.')
     new_ok = re.compile(r'^(label_tokens$|blocks\.\d+\.norm_label\.|lt_blocks\.|head\.|fc_norm\.)')
     missing = [k for k in own if k not in to_load]
     bad = [k for k in missing if not new_ok.match(k)]
-    if bad: raise ValueError(f'{name} lacks backbone weights the model needs: {bad[:8]}{" ..." if len(bad) > 8 else ""}')
+    if bad:
+        raise ValueError(f'{name} lacks backbone weights the model needs: {bad[:8]}{" ..." if len(bad) > 8 else ""}')
     model.load_state_dict(to_load, strict=False)
     if isinstance(model, LTViT): model.init_label_norms()  # label norms start as copies of the pre-trained norm1
     report.loaded, report.new = sorted(to_load), sorted(missing)
     if verbose: print(report)
     return report
 
-# %% ../nbs/02_model.ipynb #f43d4bad
+# %% ../nbs/02_model.ipynb #acc241d1
 def model_config(model: nn.Module) -> dict:
     "The class and arguments that rebuild `model` (an LT-ViT or a timm `VisionTransformer`)."
     if isinstance(model, LTViT):
@@ -618,7 +637,8 @@ def model_config(model: nn.Module) -> dict:
 def save_model(model: nn.Module, path: str | Path, **meta) -> Path:
     "Save `model`'s weights, the arguments that rebuild it and its label names as `.safetensors` (atomically)."
     cfg = model_config(model)
-    pcfg = {k: v for k, v in dict(getattr(model, 'pretrained_cfg', None) or {}).items() if k not in ('hf_hub_id', 'url', 'file')}
+    pcfg = {k: v for k, v in dict(getattr(model, 'pretrained_cfg', None) or {}).items()
+            if k not in ('hf_hub_id', 'url', 'file')}
     metadata = {'model_class': cfg['cls'], 'model_config': json.dumps(cfg['args']),
                 'label_names': json.dumps(getattr(model, 'label_names', None)),
                 'pretrained_cfg': json.dumps(pcfg, default=str), **{k: json.dumps(v) for k, v in meta.items()}}
