@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -439,7 +439,8 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         say(f'epoch {epoch + 1:3d}/{c.epochs}  train loss {tl:.4f}  val mean AUC {val["mean_auc"]:.4f}'
             f'{"  (best)" if improved else ""}  {time.time() - t0:5.1f} s')
         if stop: say(f'Stopped at max_steps={c.max_steps}.'); break
-    return _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_record, compiled, time.time() - t_start, say)
+    where = _Where(out, dev, precision, world, rank, say)
+    return _finish(c, where, model, ds, labels, state, dict(compile=compiled, train_seconds=round(time.time() - t_start, 1)))
 
 # %% ../nbs/03_train.ipynb #1329db60
 def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, per: dict):
@@ -461,8 +462,19 @@ def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, 
     for a in axs.ravel()[len(labels):]: a.axis('off')
     fig.tight_layout(); atomic_write(out / 'roc.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
 
-def _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_record, compiled, secs, say):
-    "Evaluate the best model on test and write the run's files (rank 0)."
+@dataclass
+class _Where:
+    "Where a run executes: its folder, device and precision, its DDP rank among `world`, and its printer."
+    out: Path
+    dev: torch.device
+    precision: str
+    world: int
+    rank: int
+    say: Callable
+
+def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state: dict, extra: dict) -> dict:
+    "Evaluate the best model on test and write the run's files (rank 0); `extra` joins `metrics.json`."
+    out, dev, precision, world, rank = w.out, w.dev, w.precision, w.world, w.rank
     if (out / 'best.safetensors').is_file():
         model.load_state_dict(load_file(str(out / 'best.safetensors')))
     sampler = DistributedSampler(ds['test'], num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
@@ -472,8 +484,7 @@ def _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_r
         return {}
     rep = auc_report(y, p, labels, mask=m, n_boot=c.n_boot, seed=c.seed)
     metrics = {'split': 'test', **rep, 'best_epoch': state['best_epoch'], 'best_val_mean_auc': state['best_val_auc'],
-               'epochs_run': state['epoch'] + 1, 'steps': state['step'], 'train_seconds': round(secs, 1),
-               'compile': compiled, 'config': str(out / 'config.json')}
+               'epochs_run': state['epoch'] + 1, 'steps': state['step'], **extra, 'config': str(out / 'config.json')}
     hist = pd.DataFrame(state['history'])
     atomic_write(out / 'history.csv', hist.to_csv(index=False))
     per = pd.DataFrame({'label': labels, 'auc': [rep['per_class_auc'][l] for l in labels],
@@ -487,7 +498,7 @@ def _finish(c, out, model, ds, labels, dev, precision, world, rank, state, cfg_r
     _plots(out, hist, y, p, labels, rep['per_class_auc'])
     write_json(out / 'metrics.json', metrics)  # last: its presence marks a finished run
     if world > 1: dist.barrier()
-    say(format_report(metrics, out))
+    w.say(format_report(metrics, out))
     return metrics
 
 def format_report(metrics: dict, out: str | Path) -> str:
