@@ -18,13 +18,14 @@ from sklearn.model_selection import GroupShuffleSplit
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from .core import CXR_MEAN, CXR_STD, NIH_LABELS, get_data_dir, get_label_set
+from .core import CHEXPERT_14, CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, get_data_dir, get_label_set
 
 # %% auto #0
 __all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS', 'UNCERTAINTY_POLICIES', 'MIXED_ONES',
            'DataError', 'load_image', 'make_transform', 'parse_findings', 'read_nih_table', 'find_nih_images',
            'read_split_list', 'patient_split', 'nih_split_table', 'CXRDataset', 'NIHChestXray14', 'read_nih_boxes',
-           'chexpert_targets', 'resolve_chexpert_path', 'CheXpert', 'make_chexpert_like']
+           'chexpert_targets', 'resolve_chexpert_path', 'CheXpert', 'make_chexpert_like', 'chexpert_record',
+           'write_chexpert_csvs']
 
 # %% ../nbs/01_data.ipynb #c4e6eacd
 class DataError(ValueError):
@@ -395,18 +396,36 @@ def make_chexpert_like(root: str | Path,  # where to write train.csv, valid.csv 
                        size: int = 64,
                       ) -> Path:
     "Write a tiny data set with CheXpert's schema (for tests and examples): random images and labels."
-    from ltvit.core import CHEXPERT_14
     rng, root = np.random.default_rng(seed), Path(root)
+    rows = {'train': [], 'valid': []}
     for split, n in (('train', n_patients), ('valid', max(2, n_patients // 3))):
-        rows = []
         for p in range(n):
             for s in range(1 + rng.integers(2)):
                 for view in ('frontal', 'lateral'):
-                    rel = f'{prefix}/{split}/patient{p + (0 if split == "train" else 50000):05d}/study{s + 1}/view1_{view}.jpg'
-                    f = root / Path(*Path(rel).parts[1:]); f.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(f)
+                    img = Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8))
                     vals = rng.choice([1.0, 0.0, -1.0, np.nan], size=14, p=[0.2, 0.4, 0.15, 0.25])
-                    rows.append({'Path': rel, 'Sex': 'Female', 'Age': 60, 'Frontal/Lateral': view.capitalize(),
-                                 'AP/PA': 'AP' if view == 'frontal' else '', **dict(zip(CHEXPERT_14, vals))})
-        pd.DataFrame(rows).to_csv(root / f'{split}.csv', index=False)
-    return root
+                    rows[split].append(chexpert_record(root, prefix, split, p + (0 if split == 'train' else 50000), s + 1,
+                                                       view, img, dict(zip(CHEXPERT_14, vals)),
+                                                       ap_pa='AP' if view == 'frontal' else ''))
+    return write_chexpert_csvs(root, rows)
+
+def chexpert_record(root: Path,  # the data set folder (the `Path` column's prefix is not a folder in it)
+                    prefix: str, split: str, patient: int, study: int,
+                    view: str,  # 'frontal' or 'lateral'
+                    image: Image.Image,  # written as a JPEG where CheXpert keeps it
+                    values: dict,  # observation -> 1, 0, -1 or NaN (missing ones are NaN)
+                    sex: str = 'Female', age: int = 60, ap_pa: str = '',
+                   ) -> dict:
+    "Write one image in CheXpert's layout and return its row of `train.csv`/`valid.csv`."
+    rel = f'{prefix}/{split}/patient{patient:05d}/study{study}/view1_{view}.jpg'
+    f = Path(root) / Path(*Path(rel).parts[1:]); f.parent.mkdir(parents=True, exist_ok=True)
+    image.save(f, quality=95)
+    return {'Path': rel, 'Sex': sex, 'Age': age, 'Frontal/Lateral': view.capitalize(), 'AP/PA': ap_pa,
+            **{k: values.get(k, np.nan) for k in CHEXPERT_14}}
+
+def write_chexpert_csvs(root: Path, rows: dict[str, list[dict]]) -> Path:
+    "Write `train.csv` and `valid.csv` from `chexpert_record` rows (each split needs one); returns `root`."
+    for split, rs in rows.items():
+        if not rs: raise ValueError(f'{root}: no image for the CheXpert {split} split.')
+        atomic_write(Path(root) / f'{split}.csv', pd.DataFrame(rs).to_csv(index=False))
+    return Path(root)

@@ -19,7 +19,8 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from .core import atomic_write, get_data_dir, write_json
+from .core import get_data_dir, write_json
+from .data import chexpert_record, write_chexpert_csvs
 
 # %% auto #0
 __all__ = ['FINDINGS', 'PREVALENCE', 'LATENT', 'sample_findings', 'Anatomy', 'render', 'SyntheticSpec', 'make_synthetic',
@@ -292,7 +293,6 @@ def synthetic_to_chexpert(src: str | Path,  # a synthetic data set in the NIH la
                           prefix: str = 'CheXpert-v1.0-small',
                          ) -> Path:
     "Write a synthetic data set in CheXpert's schema (train.csv, valid.csv, JPEGs); returns `out`."
-    from ltvit.core import CHEXPERT_14
     src, out = Path(src), Path(out)
     if not (src / 'synthetic.json').is_file(): raise FileNotFoundError(f'{src} is not a synthetic data set (no synthetic.json).')
     if not 0 <= uncertain < 1: raise ValueError(f'uncertain={uncertain}: expected a fraction in [0, 1).')
@@ -303,20 +303,15 @@ def synthetic_to_chexpert(src: str | Path,  # a synthetic data set in the NIH la
     for r in df.itertuples(index=False):
         split = 'valid' if r[0] in test else 'train'
         fs = set(r[1].split('|')) - {'No Finding'}
-        rel = f'{prefix}/{split}/patient{int(r[3]):05d}/study{int(r[2]) + 1}/view1_frontal.jpg'
-        f = out / Path(*Path(rel).parts[1:]); f.parent.mkdir(parents=True, exist_ok=True)
-        Image.open(src / 'images' / r[0]).convert('L').save(f, quality=95)
-        vals = dict.fromkeys(CHEXPERT_14, np.nan)
+        vals = {}
         for syn, chx in _CHEXPERT_FROM_SYNTHETIC.items():
             v = 1.0 if syn in fs else 0.0
             vals[chx] = -1.0 if split == 'train' and rng.random() < uncertain else v
         vals['No Finding'] = 1.0 if not fs else np.nan
-        rows[split].append({'Path': rel, 'Sex': 'Male' if r[5] == 'M' else 'Female', 'Age': int(r[4]),
-                            'Frontal/Lateral': 'Frontal', 'AP/PA': r[6], **vals})
-    for split, rs in rows.items():
-        if not rs: raise ValueError(f'{src}: no image for the CheXpert {split} split.')
-        atomic_write(out / f'{split}.csv', pd.DataFrame(rs).to_csv(index=False))
-    return out
+        img = Image.open(src / 'images' / r[0]).convert('L')
+        rows[split].append(chexpert_record(out, prefix, split, int(r[3]), int(r[2]) + 1, 'frontal', img, vals,
+                                           sex='Male' if r[5] == 'M' else 'Female', age=int(r[4]), ap_pa=r[6]))
+    return write_chexpert_csvs(out, rows)
 
 # %% ../nbs/01a_synthetic.ipynb #aba4b121
 def show_phantoms(n: int = 8, seed: int = 0, size: int = 128, cols: int = 4, **kw):
