@@ -16,11 +16,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import timm
 import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.flop_counter import FlopCounterMode
 
-from .core import atomic_write, autocast, get_device, get_precision, repo_root, write_json
-from .grid import Grid, Run, checkout_path, run_grid, run_status
-from .train import runs_root
+from .cache import cache_dataset
+from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, repo_root, write_json
+from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
+from .interpret import attention_maps, compare_localisation, dataset_boxes, gradcam_maps
+from .model import load_model
+from .synthetic import make_synthetic, synthetic_to_chexpert
+from .train import TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
 __all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',
@@ -132,8 +139,6 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
 # %% ../nbs/06a_experiments.ipynb #4d6ac227
 def synthetic_data_task(out: Path, n_patients: int, seed: int, img_size: int, schema: str = 'nih') -> dict:
     "Generate phantoms in `out` (NIH layout, or CheXpert's schema) and cache them at `img_size`."
-    from ltvit.cache import cache_dataset
-    from ltvit.synthetic import make_synthetic, synthetic_to_chexpert
     out = Path(out)
     if schema == 'nih':
         make_synthetic(out, n_patients=n_patients, seed=seed, progress=False)
@@ -147,8 +152,6 @@ def synthetic_data_task(out: Path, n_patients: int, seed: int, img_size: int, sc
 
 def cache_task(out: Path, dataset: str, data_dir: str | None, img_size: int) -> dict:
     "Fill the preprocessing cache of a real data set folder (`<data_dir>/ltvit_cache/<size>px`)."
-    from ltvit.cache import cache_dataset
-    from ltvit.core import get_data_dir
     root = get_data_dir(data_dir, dataset)
     path = cache_dataset(dataset, root, img_size)
     return {'cache': str(path), 'images': json.loads((path / 'meta.json').read_text())['n']}
@@ -156,7 +159,6 @@ def cache_task(out: Path, dataset: str, data_dir: str | None, img_size: int) -> 
 # %% ../nbs/06a_experiments.ipynb #52eacdc2
 def export_weights_task(out: Path, source: str, layout: str) -> dict:
     "Write the backbone weights of `source` (a `save_model` file) in the `layout` 'timm', 'dino' or 'mae'."
-    from safetensors.torch import load_file, save_file
     sd = {k: v for k, v in load_file(source).items() if not k.startswith('head')}
     out = Path(out)
     if layout == 'timm':
@@ -176,16 +178,12 @@ def export_weights_task(out: Path, source: str, layout: str) -> dict:
 # %% ../nbs/06a_experiments.ipynb #6dc32fac
 def _trained(run: str | Path):
     "The best model of a finished training run, and its resolved config."
-    from ltvit.model import load_model
-    from ltvit.train import TrainConfig
     run = Path(run)
     cfg = json.loads((run / 'config.json').read_text())['config']
     return load_model(run / 'best.safetensors').eval(), TrainConfig(**cfg)
 
 def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 200, n_examples: int = 6) -> dict:
     "Pointing game and energy in box of LT-ViT attention, Grad-CAM on LT-ViT and on the ViT, against random maps."
-    from ltvit.interpret import attention_maps, compare_localisation, dataset_boxes, gradcam_maps
-    from ltvit.train import build_datasets
     lt, cfg = _trained(lt_run); vit, vcfg = _trained(vit_run)
     if (cfg.dataset, cfg.data_dir) != (vcfg.dataset, vcfg.data_dir): raise ValueError(f'{lt_run} and {vit_run} used different data.')
     test = build_datasets(cfg, verbose=False)[0]['test']
@@ -244,9 +242,6 @@ def time_models(models: dict,  # name -> model, on `x`'s device
 def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: int = 224, num_labels: int = 14, n2: int = 4,
                batch: int = 64, reps: int = 20, device: str = 'auto') -> dict:
     "Median seconds per training step and per inference batch (ViT vs LT-ViT), and per batch of maps for every label."
-    import timm
-    from ltvit.interpret import attention_maps, gradcam_maps
-    from ltvit.train import parse_model_args
     dev = get_device(device); prec = get_precision('auto', dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
     kw = dict(parse_model_args(model_args), img_size=img_size)
@@ -275,9 +270,6 @@ DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
 
 def train_flops_per_image(model: str, img_size: int, model_args: str = '', n2: int | None = None, num_labels: int = 14) -> float:
     "FLOPs of one training step (forward + backward) per image, counted on the meta device."
-    import timm
-    from torch.utils.flop_counter import FlopCounterMode
-    from ltvit.train import parse_model_args
     kw = dict(parse_model_args(model_args), img_size=img_size, num_classes=num_labels)
     if model.startswith('ltvit'): kw['n2'] = n2 or 4
     with torch.device('meta'):
@@ -384,7 +376,6 @@ def run_paper_notebooks(preset: str, root: str | Path, names: Sequence[str] | No
 # %% ../nbs/06a_experiments.ipynb #92370eb6
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: run a preset's grid (or part of it), then the figure and table notebooks."
-    from ltvit.grid import GridFailed
     p = argparse.ArgumentParser(prog='ltvit_paper', description='Regenerate the paper: run a preset\'s grid of training runs '
                                 '(skipping finished ones, resuming broken ones), then its figure and table notebooks.')
     p.add_argument('--preset', default='quick', choices=sorted(PRESETS), help='quick (CPU, synthetic), paper (GPUs, real data), tiny (tests)')

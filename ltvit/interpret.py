@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from .data import read_nih_boxes
 from .model import LTViT
 
 # %% auto #0
@@ -178,7 +179,6 @@ def summarise_localisation(scores: dict[str, pd.DataFrame]) -> pd.DataFrame:
 # %% ../nbs/04_interpret.ipynb #4fcac79d
 def dataset_boxes(ds, size: int) -> dict:
     "Boxes of a loader's images, keyed by row index, scaled to `size` px: {i: [(label, x, y, w, h)]}."
-    from ltvit.data import read_nih_boxes
     bx = read_nih_boxes(ds.root, ds.table, size=size)
     pos = {i: k for k, i in enumerate(ds.table['id'])}
     out = {}

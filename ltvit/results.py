@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write, repo_root, write_json
+from .experiments import paper_dir
 from .grid import Grid, run_state
+from .train import fast_auc
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',
@@ -159,7 +161,6 @@ def task_table(grid: Grid, root: str | Path, name: str, run: RunResult, values: 
 def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the same test set; difference is b - a
                           n_boot: int = 1000, seed: int = 0) -> dict:
     "Mean-AUC difference `b - a` on the same test images, with a paired bootstrap 95% interval and p-value."
-    from ltvit.train import fast_auc
     if not (a.finished and b.finished): return {'delta': float('nan'), 'ci95': [float('nan')] * 2, 'p': float('nan')}
     pa, pb = pd.read_csv(a.folder / 'predictions.csv'), pd.read_csv(b.folder / 'predictions.csv')
     if set(pa['id']) != set(pb['id']): raise ValueError(f'{a.name} and {b.name} were tested on different images.')
@@ -220,7 +221,6 @@ class Artefacts:
                  grid: Grid, root: str | Path,  # the grid and its folder (for captions and provenance)
                  save_dir: str | Path | None = None,  # default: `nbs/paper` of the checkout
                  display: bool = True):
-        from ltvit.experiments import paper_dir
         self.notebook, self.grid, self.root, self.show = notebook, grid, Path(root), display
         base = Path(save_dir) if save_dir else paper_dir()
         self.figures, self.tables = base / 'figures', base / 'tables'
