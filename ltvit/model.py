@@ -580,7 +580,7 @@ def _hub_state_dict(name: str) -> dict:
                            f'{str(e).splitlines()[0][:200] if str(e) else ""}). Without network access, pass a local '
                            'checkpoint file (.pth or .safetensors) instead.') from e
 
-# %% ../nbs/02_model.ipynb #df7e45f5
+# %% ../nbs/02_model.ipynb #15c28b2d
 def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (the baseline)
                     source: str | Path | dict,  # a checkpoint file, a timm/hub model name, or a state dict
                     dino_key: str = 'teacher',  # for DINO checkpoints: 'teacher' or 'student'
@@ -614,9 +614,8 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
             to_load[k] = v
         elif _IGNORABLE.match(k) or k.startswith('decoder'): report.ignored.append(k)
         else: raise ValueError(f'{name}: unexpected tensor {k!r}; not a checkpoint of the same ViT architecture.')
-    new_ok = re.compile(r'^(label_tokens$|blocks\.\d+\.norm_label\.|lt_blocks\.|head\.|fc_norm\.)')
     missing = [k for k in own if k not in to_load]
-    bad = [k for k in missing if not new_ok.match(k)]
+    bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith(('head.', 'fc_norm.')))]
     if bad:
         raise ValueError(f'{name} lacks backbone weights the model needs: {bad[:8]}{" ..." if len(bad) > 8 else ""}')
     model.load_state_dict(to_load, strict=False)

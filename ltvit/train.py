@@ -250,7 +250,8 @@ def param_groups(model: torch.nn.Module,
     "Optimizer parameter groups: timm's layer decay for the backbone; LT-ViT's new parameters at the head's rate x `label_lr_scale`."
     if layer_decay < 1: groups = param_groups_layer_decay(model, weight_decay, model.no_weight_decay(), layer_decay=layer_decay)
     else: groups = param_groups_weight_decay(model, weight_decay, model.no_weight_decay())
-    new = {id(p) for n, p in model.named_parameters() if n in set(getattr(model, 'new_parameter_names', list)())}
+    new_names = set(getattr(model, 'new_parameter_names', list)())  # a plain ViT has none
+    new = {id(p) for n, p in model.named_parameters() if n in new_names}
     head_scale = max(g.get('lr_scale', 1.0) for g in groups)  # the head's group: the last layer
     out = []
     for g in groups:
