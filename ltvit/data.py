@@ -228,10 +228,6 @@ class CXRDataset(Dataset):
         return {'image': x, 'labels': torch.from_numpy(self.targets[i]), 'mask': torch.from_numpy(self.mask[i]),
                 'id': self.table['id'].iat[i], 'index': i}
 
-    def prevalence(self) -> pd.Series:
-        "Fraction of positive images per label."
-        return pd.Series(self.targets.mean(0), index=self.labels)
-
     def fingerprint(self) -> str:
         "A short hash of the split: its image ids and labels (recorded with every run)."
         import hashlib
