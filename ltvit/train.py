@@ -451,7 +451,7 @@ def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(hist['epoch'], hist['train_loss'], marker='o'); ax[0].set(xlabel='epoch', ylabel='train loss (BCE)')
     ax[1].plot(hist['epoch'], hist['val_mean_auc'], marker='o', color='tab:green'); ax[1].set(xlabel='epoch', ylabel='validation mean AUC')
-    for a in ax: a.grid(alpha=0.3)
+    for a in ax: a.grid(alpha=0.3); a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout(); atomic_write(out / 'curves.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
     cols = min(5, len(labels)); rows = math.ceil(len(labels) / cols)
     fig, axs = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows), squeeze=False)
@@ -459,7 +459,10 @@ def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, 
         a.plot([0, 1], [0, 1], ls=':', c='grey', lw=0.8)
         if 0 < y[:, j].sum() < len(y):
             fpr, tpr, _ = roc_curve(y[:, j], p[:, j]); a.plot(fpr, tpr, lw=1.5)
-        a.set_title(f'{l}\nAUC {per[l]:.3f}', fontsize=8); a.tick_params(labelsize=6); a.set_aspect('equal')
+        auc = f'AUC {per[l]:.3f}' if np.isfinite(per[l]) else 'AUC undefined (one class only)'
+        a.set_title(f'{l}\n{auc}', fontsize=8); a.tick_params(labelsize=6); a.set_aspect('equal')
+    for a in axs[-1]: a.set_xlabel('false positive rate', fontsize=7)
+    for a in axs[:, 0]: a.set_ylabel('true positive rate', fontsize=7)
     for a in axs.ravel()[len(labels):]: a.axis('off')
     fig.tight_layout(); atomic_write(out / 'roc.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
 
