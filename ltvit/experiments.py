@@ -195,8 +195,8 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     boxes = dataset_boxes(test, size)
     pick = sorted(boxes)[:n_examples]  # the first test images that have a box
     x = torch.stack([test[i]['image'] for i in pick])
-    att, probs = attention_maps(lt, x); cam_lt, _ = gradcam_maps(lt, x); cam_vit, _ = gradcam_maps(vit, x)
-    np.savez_compressed(out / 'examples.npz', images=x.numpy().astype(np.float16), probs=probs.numpy(),
+    att, probs = attention_maps(lt, x); cam_lt, _ = gradcam_maps(lt, x); cam_vit, probs_vit = gradcam_maps(vit, x)
+    np.savez_compressed(out / 'examples.npz', images=x.numpy().astype(np.float16), probs=probs.numpy(), probs_vit=probs_vit.numpy(),
                         attention=att.numpy().astype(np.float16), gradcam_ltvit=cam_lt.numpy().astype(np.float16),
                         gradcam_vit=cam_vit.numpy().astype(np.float16), index=np.array(pick),
                         ids=np.array([test.table['id'].iat[i] for i in pick]), labels=np.array(test.labels))

@@ -19,8 +19,8 @@ from .data import read_nih_boxes
 from .model import LTViT
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'attention_maps', 'gradcam_maps', 'label_maps', 'plot_maps', 'box_mask', 'localisation_scores',
-           'random_maps', 'summarise_localisation', 'dataset_boxes', 'compare_localisation']
+__all__ = ['CAM_METHODS', 'METHOD_NAMES', 'attention_maps', 'gradcam_maps', 'label_maps', 'plot_maps', 'box_mask',
+           'localisation_scores', 'random_maps', 'summarise_localisation', 'dataset_boxes', 'compare_localisation']
 
 # %% ../nbs/04_interpret.ipynb #377ad6aa
 def _upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -95,38 +95,53 @@ def label_maps(model, x, method: str = 'attention') -> tuple[torch.Tensor, torch
 
 # %% ../nbs/04_interpret.ipynb #3d8a2c9e
 def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the model saw them)
-              maps: dict[str, torch.Tensor],  # method name -> `(B, C, H, W)` maps
-              probs: torch.Tensor,  # `(B, C)` predicted probabilities
+              maps: dict[str, torch.Tensor],  # method name -> `(B, C, H, W)` maps (each summing to one)
+              probs: torch.Tensor | dict[str, torch.Tensor],  # `(B, C)` probabilities, or method -> the probabilities of its model
               labels: Sequence[str],  # the model's label names
               show: Sequence[str] | None = None,  # labels to draw (default: all)
               boxes: dict | None = None,  # image index -> list of (label, x, y, w, h) in pixels
               titles: Sequence[str] | None = None,  # one title per image (e.g. its id)
               path: str | Path | None = None,  # save here (PNG, PDF or SVG by suffix)
-              cmaps: Sequence[str] = ('magma', 'viridis', 'cividis', 'plasma'),
+              cmap: str = 'inferno',  # one colour map for every panel
+              weight: bool = True,  # scale each map by its model's probability, so a confident negative is cold
+              panel: float = 1.5,  # inches per panel
              ):
-    "A grid: per image the X-ray, then for each label one panel per method, boxes drawn; returns the figure."
+    "A grid: per image the X-ray, then per label one panel per method on one shared colour scale with a colour bar."
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
     show = list(show or labels)
     idx = [list(labels).index(l) for l in show]
     B, methods = images.shape[0], list(maps)
+    pr = probs if isinstance(probs, dict) else {m: probs for m in methods}
+    if set(pr) != set(methods): raise ValueError(f'probs names {sorted(pr)}; expected one entry per method {methods}.')
+    H, W = images.shape[-2:]
+    # map density relative to a uniform map (1 = uniform), times the probability when weighted: one scale for all panels
+    val = {m: maps[m].float().cpu() * (H * W) * (pr[m].float().cpu()[..., None, None] if weight else 1) for m in methods}
+    shown = torch.cat([val[m][:, idx].flatten() for m in methods])
+    norm = Normalize(0, max(float(torch.quantile(shown, 0.995)), 1e-6))
     ncol = 1 + len(show) * len(methods)
-    fig, axs = plt.subplots(B, ncol, figsize=(1.55 * ncol, 1.75 * B), squeeze=False)
-    grey = images[:, 0].float()
+    fig, axs = plt.subplots(B, ncol, figsize=(panel * ncol + 0.9, panel * B + 0.6), squeeze=False)
+    grey = images[:, 0].float().cpu().numpy()
     for b in range(B):
-        img = grey[b].cpu().numpy()
-        ax = axs[b, 0]; ax.imshow(img, cmap='gray'); ax.set_title(titles[b] if titles else 'X-ray', fontsize=7)
+        ax = axs[b, 0]; ax.imshow(grey[b], cmap='gray')
+        if b == 0: ax.set_title('X-ray', fontsize=9)
+        if titles: ax.set_ylabel(titles[b], fontsize=8)
         k = 1
         for j, l in zip(idx, show):
-            for mi, meth in enumerate(methods):
+            for meth in methods:
                 ax = axs[b, k]; k += 1
-                ax.imshow(img, cmap='gray')
-                ax.imshow(maps[meth][b, j].cpu().numpy(), cmap=cmaps[mi % len(cmaps)], alpha=0.55)
-                ax.set_title(f'{l}\n{meth} p={probs[b, j]:.2f}', fontsize=6)
+                ax.imshow(grey[b], cmap='gray')
+                im = ax.imshow(val[meth][b, j].numpy(), cmap=cmap, norm=norm, alpha=0.65)
+                if b == 0: ax.set_title(f'{l}\n{meth}', fontsize=9)
+                ax.text(0.03, 0.04, f'p={float(pr[meth][b, j]):.2f}', transform=ax.transAxes, fontsize=8, color='white',
+                        bbox=dict(fc='black', alpha=0.6, pad=1.0, lw=0))
                 for (bl, x0, y0, w, h) in (boxes or {}).get(b, []):
-                    if bl == l: ax.add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan', lw=1.0))
+                    if bl == l: ax.add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan', lw=1.2))
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.4, rect=(0, 0, 1 - 0.7 / (panel * ncol + 0.9), 1))
+    cb = fig.colorbar(im, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01)
+    cb.set_label(('p x ' if weight else '') + 'map density (1 = uniform)', fontsize=8); cb.ax.tick_params(labelsize=7)
     if path is not None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=200, bbox_inches='tight', metadata={'Software': None} if path.suffix == '.png' else None)
@@ -186,6 +201,8 @@ def dataset_boxes(ds, size: int) -> dict:
         if r.label in ds.labels: out.setdefault(pos[r.id], []).append((r.label, r.x, r.y, r.w, r.h))
     return out
 
+METHOD_NAMES = {'attention': 'attention', 'attention_mean': 'attention (mean)', 'gradcam': 'Grad-CAM', 'gradcam++': 'Grad-CAM++'}
+
 def compare_localisation(model: LTViT,  # a trained LT-ViT
                          ds,  # a data set with boxes (NIH layout: synthetic or NIH), eval transform
                          baseline: torch.nn.Module | None = None,  # a trained plain ViT on the same labels
@@ -197,8 +214,9 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
     allboxes = dataset_boxes(ds, size)
     rows = sorted(allboxes)[:max_images]
     if not rows: raise ValueError(f'{ds.name}: no image of this split has a box.')
-    runs = [(f'LT-ViT {m}', model, m) for m in methods] + ([(f'ViT {m}', baseline, m) for m in methods if m.startswith('gradcam')]
-                                                          if baseline is not None else [])
+    name = lambda m: METHOD_NAMES.get(m, m)
+    runs = [(f'LT-ViT {name(m)}', model, m) for m in methods] + (
+        [(f'ViT {name(m)}', baseline, m) for m in methods if m.startswith('gradcam')] if baseline is not None else [])
     parts = {name: [] for name, _, _ in runs} | {'random': []}
     for k in range(0, len(rows), batch_size):  # each batch is loaded once and serves every method
         chunk = rows[k:k + batch_size]

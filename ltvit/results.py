@@ -239,10 +239,14 @@ class Artefacts:
                 'files': sorted(files), 'runs': self._provenance(runs), **extra}
 
     def table(self, t: ResultTable, caption: str) -> dict[str, Path]:
-        "Save a `ResultTable` as CSV, Markdown, LaTeX and JSON; display its missing-run report, the table and caption."
+        "Save a complete `ResultTable` as CSV, Markdown, LaTeX and JSON and display it; an incomplete one is only shown."
         from IPython.display import Markdown, display
-        self.tables.mkdir(parents=True, exist_ok=True)
         cap, md = self.caption(caption), t.to_markdown()
+        if t.missing:  # never overwrite a saved table with a partial one
+            if self.show: display(Markdown(t.missing_report() + '\n\nNot saved (incomplete); what the finished runs give:'))
+            if self.show: display(Markdown(md))
+            return {}
+        self.tables.mkdir(parents=True, exist_ok=True)
         paths = {'csv': self.tables / f'{t.name}.csv', 'md': self.tables / f'{t.name}.md', 'tex': self.tables / f'{t.name}.tex'}
         atomic_write(paths['csv'], t.values.round(6).to_csv())
         atomic_write(paths['md'], md)
@@ -252,15 +256,19 @@ class Artefacts:
                           missing=[r.name for r in t.missing], command=t.command() if t.missing else None)
         paths['json'] = self.tables / f'{t.name}.json'
         write_json(paths['json'], meta, sort_keys=True)
-        if self.show:
-            if t.missing: display(Markdown(t.missing_report()))
-            display(Markdown(md)); display(Markdown(cap))
+        if self.show: display(Markdown(md)); display(Markdown(cap))
         return paths
 
     def figure(self, fig, name: str, caption: str, runs: Sequence[RunResult], dpi: int = 150) -> dict[str, Path]:
-        "Save a matplotlib figure as PNG, SVG and PDF with JSON provenance; display the PNG and caption."
+        "Save a matplotlib figure as PNG, SVG and PDF with JSON provenance and display it, when every run is finished."
         import matplotlib.pyplot as plt
         from IPython.display import Image, Markdown, display
+        missing = [r for r in runs if not r.finished]
+        if missing:  # never overwrite a saved figure with one drawn from unfinished runs
+            plt.close(fig)
+            if self.show: display(Markdown(f'**Figure `{name}` not saved**: run(s) not finished: '
+                                           + ', '.join(f'`{r.name}` ({r.status})' for r in missing)))
+            return {}
         self.figures.mkdir(parents=True, exist_ok=True)
         cap = self.caption(caption)
         meta_by_fmt = {'png': {'Software': None}, 'svg': {'Date': None, 'Creator': None},
@@ -272,9 +280,8 @@ class Artefacts:
                 atomic_write(paths[fmt], writer=lambda p, fmt=fmt, md=md: fig.savefig(p, format=fmt, dpi=dpi, metadata=md,
                                                                                     bbox_inches='tight'))
         plt.close(fig)
-        missing = [r.name for r in runs if not r.finished]
         paths['json'] = self.figures / f'{name}.json'
         write_json(paths['json'], self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json'],
-                                             missing=missing), sort_keys=True)
+                                             missing=[]), sort_keys=True)
         if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
         return paths

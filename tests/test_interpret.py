@@ -37,7 +37,7 @@ def test_attention_points_at_findings_better_than_random(trained):
     # a clear margin over the uniform-random floor, in both measures
     assert table.loc['overall', 'LT-ViT attention pointing'] >= 1.5 * table.loc['overall', 'random pointing'] + 0.03
     assert table.loc['overall', 'LT-ViT attention energy'] >= 1.5 * table.loc['overall', 'random energy']
-    assert {'ViT gradcam pointing', 'LT-ViT gradcam pointing'} <= set(table.columns)
+    assert {'ViT Grad-CAM pointing', 'LT-ViT Grad-CAM pointing'} <= set(table.columns)
 
 
 def test_figure_of_trained_maps(trained, tmp_path):
