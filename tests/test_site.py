@@ -1,8 +1,14 @@
 """The docs site: every page and every picture it references exists, and the committed result pages show
 exactly the figures and tables of the latest quick-preset results (the current quick grid's runs)."""
+import ast
 import glob
+import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,7 @@ def _pages():
     q = yaml.safe_load((ROOT / '_quarto.yml').read_text())
     files = set()
     for pat in q['project']['render']:
-        files |= {Path(p) for p in glob.glob(str(ROOT / pat))}
+        files |= {Path(p) for p in glob.glob(str(ROOT / 'nbs' / pat))}  # the site is rendered from nbs/ (processed)
     return q, sorted(files)
 
 
@@ -34,13 +40,13 @@ def test_every_page_is_in_the_navigation():
     q, pages = _pages()
     listed = json.dumps(q['website'])
     for p in pages:
-        assert str(p.relative_to(ROOT)) in listed, f'{p.relative_to(ROOT)} is rendered but not in the sidebar or navbar'
+        assert str(p.relative_to(ROOT / 'nbs')) in listed, f'{p.relative_to(ROOT)} is rendered but not in the sidebar or navbar'
     for n in PAPER_NOTEBOOKS: assert (PAPER / f'{n}.ipynb') in pages
 
 
 def test_saved_figures_and_tables_are_published_with_the_site():
     q, _ = _pages()
-    published = {Path(p) for pat in q['project']['resources'] for p in glob.glob(str(ROOT / pat))}
+    published = {Path(p) for pat in q['project']['resources'] for p in glob.glob(str(ROOT / 'nbs' / pat))}
     saved = {p for p in PAPER.glob('*/*') if p.parent.name in ('figures', 'tables')}
     assert saved and saved <= published, sorted(saved - published)[:5]
 
@@ -79,3 +85,76 @@ def test_result_page_shows_the_latest_quick_results(name, notebook_outputs):
             assert (p.parent / f'{m["name"]}.png').read_bytes() in png, f'{name}.ipynb does not show the saved {m["name"]}.png'
     # and nothing it shows is an older artefact
     assert sum(m['kind'] == 'figure' for _, m in mine) == len(png)
+
+
+# --- the documented build: nbdev's processing of every page (what Quarto renders), checked page by page ---
+
+LINK = re.compile(r'\]\(([^)\s]+)\)|src="([^"]+)"')
+
+
+@pytest.fixture(scope='module')
+def processed():
+    "Run `./dev docs` as documented; without Quarto it must process every page, then stop with exit status 3."
+    env = dict(os.environ, LTVIT_VENV=sys.prefix)
+    r = subprocess.run(['bash', str(ROOT / 'dev'), 'docs'], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    out = r.stdout + r.stderr
+    assert 'Traceback' not in out, out[-4000:]
+    if shutil.which('quarto'): assert r.returncode == 0, out[-4000:]
+    else:
+        assert r.returncode == 3 and 'Quarto renders the final HTML' in r.stderr, out[-4000:]
+        assert 'install' not in r.stdout.lower() and not (ROOT / '.installing').exists()  # it never installs anything
+    return ROOT / '_proc'
+
+
+def _rendered(q) -> list[Path]:
+    return sorted({Path(p).relative_to(ROOT / 'nbs') for pat in q['project']['render'] for p in glob.glob(str(ROOT / 'nbs' / pat))})
+
+
+def _page_text(p: Path) -> str:
+    if p.suffix != '.ipynb': return p.read_text()
+    parts = []
+    for c in json.loads(p.read_text())['cells']:
+        if c['cell_type'] == 'markdown': parts.append(''.join(c['source']))
+        for o in c.get('outputs', []):
+            parts.append(''.join(o.get('data', {}).get('text/markdown', '')))
+    return '\n'.join(parts)
+
+
+def test_every_page_is_processed_and_its_links_resolve(processed):
+    q = yaml.safe_load((ROOT / '_quarto.yml').read_text())
+    pages = _rendered(q)
+    assert len(pages) >= 19 and Path('index.ipynb') in pages
+    assert (processed / '_quarto.yml').read_text() == (ROOT / '_quarto.yml').read_text()
+    for rel in pages: assert (processed / rel).is_file(), f'{rel} was not processed'
+    for entry in re.findall(r'(?:href: |- )([\w./-]+\.(?:ipynb|qmd))', (ROOT / '_quarto.yml').read_text()):
+        assert (processed / entry).is_file(), f'the navigation names {entry}, which is not a page'
+    for rel in pages:
+        for a, b in LINK.findall(_page_text(processed / rel)):
+            target = (a or b).split('#')[0]
+            if not target or target.startswith(('http://', 'https://', 'mailto:', 'data:')): continue
+            assert (processed / rel).parent.joinpath(target).exists(), f'{rel} links to {target}, which is not in the site'
+
+
+LIBRARY = sorted(p for p in (ROOT / 'nbs').glob('[0-9]*.ipynb')
+                 if any(''.join(c['source']).startswith('#| default_exp') for c in json.loads(p.read_text())['cells']))
+
+
+@pytest.mark.parametrize('nb', LIBRARY, ids=[p.name for p in LIBRARY])
+def test_library_page_shows_its_api_and_its_examples(processed, nb):
+    "Every exported function and class has its show_doc entry; every visible example cell carries its output."
+    cells = json.loads((processed / nb.name).read_text())['cells']
+    mod = next(''.join(c['source']).split()[2] for c in json.loads(nb.read_text())['cells']
+               if ''.join(c['source']).startswith('#| default_exp'))
+    module = importlib.import_module(f'ltvit.{mod}')
+    api = [n for n in module.__all__ if callable(getattr(module, n)) and getattr(getattr(module, n), '__module__', '') == module.__name__]
+    docs = '\n'.join(''.join(o.get('data', {}).get('text/markdown', '')) for c in cells for o in c.get('outputs', []))
+    missing = [n for n in api if not re.search(rf'^#+ {re.escape(n)}\b', docs, re.M)]
+    assert not missing, f'{nb.name}: no API reference (show_doc) for {missing}'
+    bare = []
+    for c in cells:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code' or src.startswith('#|') or c.get('outputs'): continue
+        if all(isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)) for n in ast.parse(src).body):
+            continue  # imports, or a helper defined for the examples below
+        bare.append(src[:80])
+    assert not bare, f'{nb.name}: example cells shown without their output (execute the notebook and commit it): {bare}'
