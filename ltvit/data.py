@@ -191,7 +191,7 @@ def nih_split_table(root: str | Path, split: str, labels: Sequence[str] = NIH_LA
     m_tr, m_va = patient_split(tvt, val_frac, seed)
     return tvt[m_tr if split == 'train' else m_va].reset_index(drop=True)
 
-# %% ../nbs/01_data.ipynb #8e4c3ad7
+# %% ../nbs/01_data.ipynb #6a5375a7
 class CXRDataset(Dataset):
     "Base of the chest X-ray data sets: a table with `id`, `path` and label columns, an optional mask."
     def __init__(self, table: pd.DataFrame, labels: Sequence[str], transform: Callable | None = None,
@@ -234,6 +234,7 @@ class CXRDataset(Dataset):
         h = hashlib.sha256('\n'.join(self.table['id']).encode()); h.update(np.ascontiguousarray(self.targets).tobytes())
         return h.hexdigest()[:16]
 
+# %% ../nbs/01_data.ipynb #eb516d9d
 def _attach_paths(table: pd.DataFrame, paths: dict, root: Path, skip_missing: bool, name: str) -> pd.DataFrame:
     p = table['id'].map(paths)
     missing = p.isna().to_numpy()
@@ -313,9 +314,11 @@ def read_nih_boxes(root: str | Path,  # folder with BBox_List_2017.csv
     df['img_w'], df['img_h'] = wh[:, 0].astype(int), wh[:, 1].astype(int)
     return df
 
-# %% ../nbs/01_data.ipynb #a4e8c7af
+# %% ../nbs/01_data.ipynb #ca117c85
 CHEXPERT_COLUMNS = ('Path', 'Frontal/Lateral')
+
 UNCERTAINTY_POLICIES = ('ones', 'zeros', 'ignore', 'mixed')
+
 MIXED_ONES = ('Atelectasis', 'Edema')
 
 def chexpert_targets(df: pd.DataFrame, labels: Sequence[str], policy: str = 'mixed',
@@ -346,6 +349,7 @@ def resolve_chexpert_path(root: Path, p: str) -> Path:
     parts = Path(p).parts
     return root.joinpath(*parts[1:]) if len(parts) > 1 and parts[0].startswith('CheXpert') else full
 
+# %% ../nbs/01_data.ipynb #8cc57ce9
 class CheXpert(CXRDataset):
     "CheXpert from `train.csv`/`valid.csv`: frontal views, 5/13/14 labels, an uncertainty policy."
     def __init__(self,

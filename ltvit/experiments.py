@@ -65,10 +65,12 @@ PRESETS: dict[str, dict] = {
         speed=dict(batch=4, reps=1)),
 }
 
-# %% ../nbs/06a_experiments.ipynb #8fa6f633
+# %% ../nbs/06a_experiments.ipynb #6a406ef1
 DATASET_NAMES = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}
+
 MODEL_NAMES = {'vit': 'ViT', 'ltvit': 'LT-ViT'}
 
+# %% ../nbs/06a_experiments.ipynb #dcc2146e
 def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
               nih_dir: str | None = None,  # paper: the NIH ChestX-ray14 folder (None: $LTVIT_DATA/nih)
               chexpert_dir: str | None = None,  # paper: the CheXpert folder (None: $LTVIT_DATA/chexpert)
@@ -205,7 +207,7 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     return {'pairs': int(o['random n']), 'images': len({r for r in scores['random']['image']}),
             **{f'{c}': float(o[c]) for c in table.columns if not c.endswith(' n')}}
 
-# %% ../nbs/06a_experiments.ipynb #e379e5cb
+# %% ../nbs/06a_experiments.ipynb #535eeb40
 def _median_time(fn, reps: int, sync) -> float:
     fn(); sync()  # warm-up
     ts = []
@@ -239,6 +241,7 @@ def time_models(models: dict,  # name -> model, on `x`'s device
         out[phase] = times
     return out
 
+# %% ../nbs/06a_experiments.ipynb #1d64e86a
 def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: int = 224, num_labels: int = 14, n2: int = 4,
                batch: int = 64, reps: int = 20, device: str = 'auto') -> dict:
     "Median seconds per training step and per inference batch (ViT vs LT-ViT), and per batch of maps for every label."
@@ -262,7 +265,7 @@ def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: i
     res['Grad-CAM maps s'] = _median_time(lambda: gradcam_maps(lt, x), max(1, reps // 5), sync)
     return res
 
-# %% ../nbs/06a_experiments.ipynb #b25fc905
+# %% ../nbs/06a_experiments.ipynb #2d1c060d
 DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
     'nih': {'train_val': 86_524, 'test': 25_596},  # the official split lists
     'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal
@@ -301,6 +304,7 @@ def estimate_gpu_hours(grid: Grid,
                      'tables': ', '.join(sorted({t['table'] for t in r.tags if 'table' in t}))})
     return pd.DataFrame(rows, columns=['run', 'model', 'dataset', 'epochs', 'train GFLOPs/image', 'GPU hours', 'tables'])
 
+# %% ../nbs/06a_experiments.ipynb #97e9056a
 def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: float, gpus: int = 1) -> str:
     "The estimate as `ltvit_paper` prints it: per table, in total, and the assumptions."
     by_table = {}
@@ -314,7 +318,7 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
                  'loader (set --gpu-tflops and --loader-rate from benchmarks/gpu_check.py and benchmarks/bench_data.py).')
     return '\n'.join(lines)
 
-# %% ../nbs/06a_experiments.ipynb #95717666
+# %% ../nbs/06a_experiments.ipynb #4f224a05
 PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
     'main_comparison': ('main',), 'initialisations': ('init',), 'ablation_n2': ('ablation',),
     'attention_maps': ('maps',), 'localisation': ('localisation',), 'speed': ('speed',),
@@ -345,6 +349,7 @@ def _clean_notebook(path: Path):
     if not cleaner.is_file(): raise FileNotFoundError(f'--publish needs nbdev_clean (the dev tools: ./dev setup); not found at {cleaner}.')
     subprocess.run([str(cleaner), '--fname', str(path)], cwd=repo_root(), check=True, capture_output=True)
 
+# %% ../nbs/06a_experiments.ipynb #f7fef287
 def run_paper_notebooks(preset: str, root: str | Path, names: Sequence[str] | None = None,
                         save_dir: str | Path | None = None,  # figures and tables (default: <root>/artefacts)
                         publish: bool = False,  # save into nbs/paper and write the executed notebooks over nbs/paper/*.ipynb

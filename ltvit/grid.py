@@ -122,7 +122,7 @@ def run_status(grid: Grid, root: str | Path) -> pd.DataFrame:
                      'tags': '; '.join(', '.join(f'{k}={v}' for k, v in t.items()) for t in grid.runs[n].tags)})
     return pd.DataFrame(rows, columns=['name', 'id', 'kind', 'status', 'folder', 'tags'])
 
-# %% ../nbs/06_grid.ipynb #2887c47f
+# %% ../nbs/06_grid.ipynb #ca540aa3
 def checkout_path(*parts: str) -> Path:
     "A path inside the repository checkout (beside the installed package, else above the working folder); it must exist."
     here = Path(__file__).parent if '__file__' in globals() else Path('.')
@@ -160,6 +160,7 @@ def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | 
                 '--cwd', str(nb.parent), '--no-progress-bar', '--log-output'], out
     return [sys.executable, '-m', 'ltvit.grid', str(out)], out
 
+# %% ../nbs/06_grid.ipynb #e3405ff0
 def run_task(folder: str | Path) -> dict:
     "Execute the task of `folder/grid.json`: its settings go to `config.json`, what it returns to `metrics.json`."
     folder = Path(folder); spec = json.loads((folder / 'grid.json').read_text())
@@ -176,7 +177,7 @@ def example_task(out: Path, n_patients: int = 40) -> dict:
     (Path(out) / 'example.txt').write_text(str(n_patients))
     return {'n_patients': n_patients}
 
-# %% ../nbs/06_grid.ipynb #4e6da831
+# %% ../nbs/06_grid.ipynb #ff4eb6f0
 class GridFailed(RuntimeError):
     "Some runs of a grid failed (their folders and logs are kept for inspection and resumption)."
 
@@ -186,6 +187,7 @@ def _device_env(slot, jobs: int) -> dict:
     elif jobs > 1: env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
     return env
 
+# %% ../nbs/06_grid.ipynb #82301c8a
 def run_grid(grid: Grid, root: str | Path,
              only: Sequence[str] | None = None,  # run these names (and what they need); default: every run
              jobs: int = 1,  # concurrent runs on CPU (ignored when `gpus` is given)

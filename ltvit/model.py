@@ -19,6 +19,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors
 from timm.layers import Mlp, resample_abs_pos_embed, trunc_normal_
@@ -74,9 +75,10 @@ class LabelHead(nn.Module):
 
     def extra_repr(self): return f'num_labels={self.num_labels}, dim={self.weight.shape[1]}, kind={self.kind!r}'
 
-# %% ../nbs/02_model.ipynb #553c5a98
+# %% ../nbs/02_model.ipynb #723d97a6
 ATTN_IMPLS = ('mask', 'split')
 
+# %% ../nbs/02_model.ipynb #da35d18e
 class LTBlock(Block):
     "A timm `Block` whose input ends with `num_labels` label tokens: they read the image, the image never reads them."
     @classmethod
@@ -138,6 +140,7 @@ class LTBlock(Block):
         o = self.attn.norm(o.transpose(1, 2).reshape(B, C, dim))
         return self.attn.proj_drop(self.attn.proj(o))
 
+# %% ../nbs/02_model.ipynb #e8dd3e36
 class _NoLabels(nn.Module):
     "Stands in `lt_blocks` at the depths without an LT block, so that `lt_blocks` lines up with `blocks`."
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
@@ -166,9 +169,21 @@ def _lt_mask(x: torch.Tensor, cached: torch.Tensor, n_lbl: int, label_attn: bool
     if cached.shape[0] == x.shape[1] + n_lbl: return cached
     return lt_attention_mask(x.shape[1], n_lbl, label_attn, x.device)
 
-# %% ../nbs/02_model.ipynb #6de7fa35
+# %% ../nbs/02_model.ipynb #d4f79d27
+def _fresh_copy(blk: Block) -> Block:
+    "A copy of `blk` with new random weights (timm's ViT init: truncated normal 0.02, zero biases, unit norms)."
+    b = copy.deepcopy(blk)
+    for n, p in b.named_parameters():
+        with torch.no_grad():
+            if p.dim() > 1: trunc_normal_(p, std=0.02)
+            elif 'norm' in n: p.fill_(1.0 if n.endswith('weight') else 0.0)
+            elif not n.startswith(('ls1', 'ls2')): p.zero_()  # LayerScale keeps its init value
+    return b
+
+# %% ../nbs/02_model.ipynb #6b07d6a3
 class LTViT(VisionTransformer):
     "A timm `VisionTransformer` with label tokens in its last `n2` blocks and one logit per label."
+
     def __init__(self,
                  *args,
                  n2: int = 4,  # LT blocks: label tokens join for the last `n2` of `depth` blocks
@@ -205,181 +220,191 @@ class LTViT(VisionTransformer):
                                             for i in range(depth)])
         self.reset_classifier(len(names), label_names=names)
 
-    # --- the forward pass: timm's stem, then the blocks, the label tokens joining at block n1 ----------------
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        "timm's own patch embedding, positional embedding and pre-norm."
-        return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+# %% ../nbs/02_model.ipynb #feb07d3c
+@patch
+def _stem(self: LTViT, x: torch.Tensor) -> torch.Tensor:
+    "timm's own patch embedding, positional embedding and pre-norm."
+    return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
 
-    def _run_blocks(self, x: torch.Tensor, take: List[int], last: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        "Blocks `0..last` on image tokens `x`, labels joining at `n1`: `[image; labels]`, image tokens after `take`."
-        n_img = x.shape[1]
-        lbl = self.label_tokens.expand(x.shape[0], -1, -1).to(x.dtype)
-        mask = _lt_mask(x, self.lt_mask, self.num_classes, self.label_attn)
-        out: List[torch.Tensor] = []
-        if self.lt_blocks is None:  # reused blocks: one sequence from block n1 on
-            for i, blk in enumerate(self.blocks):
-                if i <= last:
-                    if i == self.n1: x = torch.cat([x, lbl], dim=1)
-                    m = mask if i >= self.n1 else None
-                    if self.grad_checkpointing and not torch.jit.is_scripting():
-                        x = checkpoint(blk, x, m, use_reentrant=False)
-                    else: x = blk(x, m)
-                    if i in take: out.append(x[:, :n_img])
-            return x, out
-        for i, (blk, lt) in enumerate(zip(self.blocks, self.lt_blocks)):  # fresh blocks: two streams
+@patch
+def _run_blocks(self: LTViT, x: torch.Tensor, take: List[int], last: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    "Blocks `0..last` on image tokens `x`, labels joining at `n1`: `[image; labels]`, image tokens after `take`."
+    n_img = x.shape[1]
+    lbl = self.label_tokens.expand(x.shape[0], -1, -1).to(x.dtype)
+    mask = _lt_mask(x, self.lt_mask, self.num_classes, self.label_attn)
+    out: List[torch.Tensor] = []
+    if self.lt_blocks is None:  # reused blocks: one sequence from block n1 on
+        for i, blk in enumerate(self.blocks):
             if i <= last:
-                if i >= self.n1:
-                    j = torch.cat([x, lbl], dim=1)
-                    if self.grad_checkpointing and not torch.jit.is_scripting():
-                        lbl = checkpoint(lt, j, mask, use_reentrant=False)
-                    else: lbl = lt(j, mask)
-                if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(blk, x, use_reentrant=False)
-                else: x = blk(x)
-                if i in take: out.append(x)
-        return torch.cat([x, lbl], dim=1), out
+                if i == self.n1: x = torch.cat([x, lbl], dim=1)
+                m = mask if i >= self.n1 else None
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, m, use_reentrant=False)
+                else: x = blk(x, m)
+                if i in take: out.append(x[:, :n_img])
+        return x, out
+    for i, (blk, lt) in enumerate(zip(self.blocks, self.lt_blocks)):  # fresh blocks: two streams
+        if i <= last:
+            if i >= self.n1:
+                j = torch.cat([x, lbl], dim=1)
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    lbl = checkpoint(lt, j, mask, use_reentrant=False)
+                else: lbl = lt(j, mask)
+            if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(blk, x, use_reentrant=False)
+            else: x = blk(x)
+            if i in take: out.append(x)
+    return torch.cat([x, lbl], dim=1), out
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        "Normalised token sequence `[CLS, patches, labels]`, shape `(B, N_img + C, D)`."
-        if self.pruned:
-            raise RuntimeError('This LT-ViT was pruned to its first blocks (prune_intermediate_layers); the label '
-                               'tokens need every block. Use forward_intermediates(..., intermediates_only=True).')
-        x, _ = self._run_blocks(self._stem(x), [], len(self.blocks))
-        return self.norm(x)
+# %% ../nbs/02_model.ipynb #fd12a06c
+@patch
+def forward_features(self: LTViT, x: torch.Tensor) -> torch.Tensor:
+    "Normalised token sequence `[CLS, patches, labels]`, shape `(B, N_img + C, D)`."
+    if self.pruned:
+        raise RuntimeError('This LT-ViT was pruned to its first blocks (prune_intermediate_layers); the label '
+                           'tokens need every block. Use forward_intermediates(..., intermediates_only=True).')
+    x, _ = self._run_blocks(self._stem(x), [], len(self.blocks))
+    return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        "Logits `(B, C)` from the label tokens at the end of `x`; `pre_logits`: the per-label features `(B, C, D)`."
-        if self.num_classes == 0: return self.head_drop(self.fc_norm(self.pool(x)))  # embedding model: timm's pooling
-        x = self.head_drop(x[:, x.shape[1] - self.num_classes:])
-        return x if pre_logits else self.head(x)
+@patch
+def forward_head(self: LTViT, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    "Logits `(B, C)` from the label tokens at the end of `x`; `pre_logits`: the per-label features `(B, C, D)`."
+    if self.num_classes == 0: return self.head_drop(self.fc_norm(self.pool(x)))  # embedding model: timm's pooling
+    x = self.head_drop(x[:, x.shape[1] - self.num_classes:])
+    return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+@patch
+def forward(self: LTViT, x: torch.Tensor) -> torch.Tensor:
+    return self.forward_head(self.forward_features(x))
 
-    # --- timm hooks -------------------------------------------------------------------------------------
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None,
-                         label_names: Sequence[str] | None = None):
-        "New label tokens and head for `num_classes` labels (or `label_names`); 0 gives an embedding model."
-        if global_pool is not None: self.global_pool = global_pool
-        names = _label_names(None if label_names is not None else num_classes, label_names)
-        dev = self.patch_embed.proj.weight.device
-        self.num_classes, self.label_names = len(names), names
-        self.label_tokens = nn.Parameter(torch.zeros(1, len(names), self.embed_dim, device=dev))
-        if names: trunc_normal_(self.label_tokens, std=self.label_init_std)
-        self.head = LabelHead(len(names), self.embed_dim, self.head_type).to(dev) if names else nn.Identity()
-        for b in self.lt_modules(): b.num_labels = len(names)
-        n_img = self.patch_embed.num_patches + self.num_prefix_tokens
-        self.register_buffer('lt_mask', lt_attention_mask(n_img, len(names), self.label_attn, dev), persistent=False)
+# %% ../nbs/02_model.ipynb #3ede4d98
+@patch
+def reset_classifier(self: LTViT, num_classes: int, global_pool: str | None = None,
+                     label_names: Sequence[str] | None = None):
+    "New label tokens and head for `num_classes` labels (or `label_names`); 0 gives an embedding model."
+    if global_pool is not None: self.global_pool = global_pool
+    names = _label_names(None if label_names is not None else num_classes, label_names)
+    dev = self.patch_embed.proj.weight.device
+    self.num_classes, self.label_names = len(names), names
+    self.label_tokens = nn.Parameter(torch.zeros(1, len(names), self.embed_dim, device=dev))
+    if names: trunc_normal_(self.label_tokens, std=self.label_init_std)
+    self.head = LabelHead(len(names), self.embed_dim, self.head_type).to(dev) if names else nn.Identity()
+    for b in self.lt_modules(): b.num_labels = len(names)
+    n_img = self.patch_embed.num_patches + self.num_prefix_tokens
+    self.register_buffer('lt_mask', lt_attention_mask(n_img, len(names), self.label_attn, dev), persistent=False)
 
-    def get_classifier(self) -> nn.Module: return self.head
+@patch
+def get_classifier(self: LTViT) -> nn.Module: return self.head
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {'label_tokens'}
+@patch
+@torch.jit.ignore
+def no_weight_decay(self: LTViT) -> set[str]:
+    return VisionTransformer.no_weight_decay(self) | {'label_tokens'}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        "Layer groups for layer-wise lr decay; LT-ViT's new parameters match none, so they learn at the head's rate."
-        return dict(stem=r'^cls_token|reg_token|pos_embed|patch_embed|norm_pre',
-                    blocks=[(r'^blocks\.(\d+)\.(?!norm_label\.)', None), (r'^norm\.', (99999,))])
+@patch
+@torch.jit.ignore
+def group_matcher(self: LTViT, coarse: bool = False) -> dict:
+    "Layer groups for layer-wise lr decay; LT-ViT's new parameters match none, so they learn at the head's rate."
+    return dict(stem=r'^cls_token|reg_token|pos_embed|patch_embed|norm_pre',
+                blocks=[(r'^blocks\.(\d+)\.(?!norm_label\.)', None), (r'^norm\.', (99999,))])
 
-    @torch.jit.ignore
-    def new_parameter_names(self) -> list[str]:
-        "Parameters that no pre-trained ViT has (label tokens, label norms, fresh LT blocks); the head aside."
-        return [n for n, _ in self.named_parameters() if _NEW_PARAMS.match(n)]
+@patch
+@torch.jit.ignore
+def new_parameter_names(self: LTViT) -> list[str]:
+    "Parameters that no pre-trained ViT has (label tokens, label norms, fresh LT blocks); the head aside."
+    return [n for n, _ in self.named_parameters() if _NEW_PARAMS.match(n)]
 
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor,
-                              indices: int | list[int] | None = None,  # last n blocks if int, all if None
-                              return_prefix_tokens: bool = False,  # also return the prefix (CLS) tokens
-                              norm: bool = False,  # apply the final norm to the intermediates
-                              stop_early: bool = False,  # stop after the last requested block (intermediates only)
-                              output_fmt: str = 'NCHW',  # 'NCHW' feature maps or 'NLC' tokens
-                              intermediates_only: bool = False,
-                              output_dict: bool = False,
-                              **kwargs):  # timm's `attn_mask`/`is_causal`: refused (LT-ViT builds its own mask)
-        "timm's `forward_intermediates`: image-token intermediates; the final output is `forward_features(x)`."
-        if kwargs.get('attn_mask') is not None or kwargs.get('is_causal'):
-            raise ValueError('LT-ViT builds its own attention mask; attn_mask/is_causal are not supported.')
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        if not intermediates_only and (self.pruned or (stop_early and max_index < len(self.blocks) - 1)):
-            raise ValueError('The final features need every block (the label tokens run in the last n2); '
-                             'pass intermediates_only=True, or stop_early=False on an unpruned model.')
-        B, _, height, width = x.shape
-        x, inter = self._run_blocks(self._stem(x), list(take), max_index if stop_early else len(self.blocks))
-        if norm: inter = [self.norm(t) for t in inter]
-        npt = self.num_prefix_tokens
-        prefix, inter = [t[:, :npt] for t in inter], [t[:, npt:] for t in inter]
-        if output_fmt == 'NCHW':
-            H, W = self.patch_embed.dynamic_feat_size((height, width))
-            inter = [t.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for t in inter]
-        if output_dict:
-            out = dict(image_intermediates=inter)
-            if return_prefix_tokens and npt: out['image_intermediates_prefix'] = prefix
-            if not intermediates_only: out['image_features'] = self.norm(x)
-            return out
-        if return_prefix_tokens and npt: inter = list(zip(inter, prefix))
-        return inter if intermediates_only else (self.norm(x), inter)
+# %% ../nbs/02_model.ipynb #d70632b4
+@patch
+@torch.jit.ignore
+def forward_intermediates(self: LTViT, x: torch.Tensor,
+                          indices: int | list[int] | None = None,  # last n blocks if int, all if None
+                          return_prefix_tokens: bool = False,  # also return the prefix (CLS) tokens
+                          norm: bool = False,  # apply the final norm to the intermediates
+                          stop_early: bool = False,  # stop after the last requested block (intermediates only)
+                          output_fmt: str = 'NCHW',  # 'NCHW' feature maps or 'NLC' tokens
+                          intermediates_only: bool = False,
+                          output_dict: bool = False,
+                          **kwargs):  # timm's `attn_mask`/`is_causal`: refused (LT-ViT builds its own mask)
+    "timm's `forward_intermediates`: image-token intermediates; the final output is `forward_features(x)`."
+    if kwargs.get('attn_mask') is not None or kwargs.get('is_causal'):
+        raise ValueError('LT-ViT builds its own attention mask; attn_mask/is_causal are not supported.')
+    if output_fmt not in ('NCHW', 'NLC'):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+    take, max_index = feature_take_indices(len(self.blocks), indices)
+    if not intermediates_only and (self.pruned or (stop_early and max_index < len(self.blocks) - 1)):
+        raise ValueError('The final features need every block (the label tokens run in the last n2); '
+                         'pass intermediates_only=True, or stop_early=False on an unpruned model.')
+    B, _, height, width = x.shape
+    x, inter = self._run_blocks(self._stem(x), list(take), max_index if stop_early else len(self.blocks))
+    if norm: inter = [self.norm(t) for t in inter]
+    npt = self.num_prefix_tokens
+    prefix, inter = [t[:, :npt] for t in inter], [t[:, npt:] for t in inter]
+    if output_fmt == 'NCHW':
+        H, W = self.patch_embed.dynamic_feat_size((height, width))
+        inter = [t.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for t in inter]
+    if output_dict:
+        out = dict(image_intermediates=inter)
+        if return_prefix_tokens and npt: out['image_intermediates_prefix'] = prefix
+        if not intermediates_only: out['image_features'] = self.norm(x)
+        return out
+    if return_prefix_tokens and npt: inter = list(zip(inter, prefix))
+    return inter if intermediates_only else (self.norm(x), inter)
 
-    @torch.jit.ignore
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        "Keep the blocks that `indices` need; a model that loses blocks refuses `forward` (labels need them all)."
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        if max_index + 1 < len(self.blocks):
-            self.blocks = self.blocks[:max_index + 1]
-            if self.lt_blocks is not None: self.lt_blocks = self.lt_blocks[:max_index + 1]
-            self.pruned = True
-        if prune_norm: self.norm = nn.Identity()
-        if prune_head: self.reset_classifier(0, '')
-        return take
+# %% ../nbs/02_model.ipynb #dcf39bde
+@patch
+@torch.jit.ignore
+def prune_intermediate_layers(self: LTViT, indices: int | list[int] = 1, prune_norm: bool = False,
+                              prune_head: bool = True):
+    "Keep the blocks that `indices` need; a model that loses blocks refuses `forward` (labels need them all)."
+    take, max_index = feature_take_indices(len(self.blocks), indices)
+    if max_index + 1 < len(self.blocks):
+        self.blocks = self.blocks[:max_index + 1]
+        if self.lt_blocks is not None: self.lt_blocks = self.lt_blocks[:max_index + 1]
+        self.pruned = True
+    if prune_norm: self.norm = nn.Identity()
+    if prune_head: self.reset_classifier(0, '')
+    return take
 
-    @classmethod
-    def from_vit(cls,
-                 vit: VisionTransformer,  # a timm ViT (any size, patch size, image size)
-                 label_names: Sequence[str] | int = NIH_LABELS,  # label names, or a number of labels
-                 **lt_kwargs,  # `n2`, `label_attn`, `head`, `reuse_blocks`, `label_init_std`, `attn_impl`
-                ) -> 'LTViT':
-        "The LT-ViT counterpart of `vit`: the same architecture and weights, plus label tokens and head."
-        if type(vit) is not VisionTransformer:
-            raise TypeError(f'from_vit needs a timm VisionTransformer, got {type(vit).__name__}.')
-        unknown = set(lt_kwargs) - set(LT_DEFAULTS)
-        if unknown:
-            raise TypeError(f'Unknown LT-ViT arguments {sorted(unknown)}; expected some of {sorted(LT_DEFAULTS)}.')
-        names = _label_names(label_names, None) if isinstance(label_names, int) else label_names
-        cfg = {k: v for k, v in vit_config(vit).items() if k != 'num_classes'}
-        model = cls(**cfg, label_names=names, **lt_kwargs).to(vit.patch_embed.proj.weight.device)
-        sd = {k: v for k, v in vit.state_dict().items() if not k.startswith('head.')}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith('head.'))] + list(unexpected)
-        if bad: raise ValueError(f'from_vit could not rebuild this ViT; mismatched weights: {bad[:8]}')
-        model.init_label_norms()
-        return model.train(vit.training)
+# %% ../nbs/02_model.ipynb #678ade75
+@patch(cls_method=True)
+def from_vit(cls: LTViT,
+             vit: VisionTransformer,  # a timm ViT (any size, patch size, image size)
+             label_names: Sequence[str] | int = NIH_LABELS,  # label names, or a number of labels
+             **lt_kwargs,  # `n2`, `label_attn`, `head`, `reuse_blocks`, `label_init_std`, `attn_impl`
+            ) -> 'LTViT':
+    "The LT-ViT counterpart of `vit`: the same architecture and weights, plus label tokens and head."
+    if type(vit) is not VisionTransformer:
+        raise TypeError(f'from_vit needs a timm VisionTransformer, got {type(vit).__name__}.')
+    unknown = set(lt_kwargs) - set(LT_DEFAULTS)
+    if unknown:
+        raise TypeError(f'Unknown LT-ViT arguments {sorted(unknown)}; expected some of {sorted(LT_DEFAULTS)}.')
+    names = _label_names(label_names, None) if isinstance(label_names, int) else label_names
+    cfg = {k: v for k, v in vit_config(vit).items() if k != 'num_classes'}
+    model = cls(**cfg, label_names=names, **lt_kwargs).to(vit.patch_embed.proj.weight.device)
+    sd = {k: v for k, v in vit.state_dict().items() if not k.startswith('head.')}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith('head.'))] + list(unexpected)
+    if bad: raise ValueError(f'from_vit could not rebuild this ViT; mismatched weights: {bad[:8]}')
+    model.init_label_norms()
+    return model.train(vit.training)
 
-    def init_label_norms(self):
-        "Reset each reused LT block's label LayerNorm to a copy of its `norm1` (after loading pre-trained weights)."
-        if self.lt_blocks is None:
-            for b in self.lt_modules(): b.norm_label.load_state_dict(b.norm1.state_dict())
+# %% ../nbs/02_model.ipynb #f6cc22e5
+@patch
+def init_label_norms(self: LTViT):
+    "Reset each reused LT block's label LayerNorm to a copy of its `norm1` (after loading pre-trained weights)."
+    if self.lt_blocks is None:
+        for b in self.lt_modules(): b.norm_label.load_state_dict(b.norm1.state_dict())
 
-    def lt_config(self) -> dict:
-        "The LT-ViT arguments of this model (with `vit_config`, all that rebuilds it)."
-        return dict(n2=self.n2, label_attn=self.label_attn, head=self.head_type, reuse_blocks=self.reuse_blocks,
-                    label_init_std=self.label_init_std, attn_impl=self.attn_impl)
+@patch
+def lt_config(self: LTViT) -> dict:
+    "The LT-ViT arguments of this model (with `vit_config`, all that rebuilds it)."
+    return dict(n2=self.n2, label_attn=self.label_attn, head=self.head_type, reuse_blocks=self.reuse_blocks,
+                label_init_std=self.label_init_std, attn_impl=self.attn_impl)
 
-    def lt_modules(self) -> list[LTBlock]:
-        "The `n2` LT blocks, in order."
-        return [b for b in (self.blocks if self.lt_blocks is None else self.lt_blocks) if isinstance(b, LTBlock)]
-
-def _fresh_copy(blk: Block) -> Block:
-    "A copy of `blk` with new random weights (timm's ViT init: truncated normal 0.02, zero biases, unit norms)."
-    b = copy.deepcopy(blk)
-    for n, p in b.named_parameters():
-        with torch.no_grad():
-            if p.dim() > 1: trunc_normal_(p, std=0.02)
-            elif 'norm' in n: p.fill_(1.0 if n.endswith('weight') else 0.0)
-            elif not n.startswith(('ls1', 'ls2')): p.zero_()  # LayerScale keeps its init value
-    return b
+@patch
+def lt_modules(self: LTViT) -> list[LTBlock]:
+    "The `n2` LT blocks, in order."
+    return [b for b in (self.blocks if self.lt_blocks is None else self.lt_blocks) if isinstance(b, LTBlock)]
 
 # %% ../nbs/02_model.ipynb #ebade964
 def _drop_path_rate(vit: VisionTransformer) -> float:
@@ -624,7 +649,7 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
     if verbose: print(report)
     return report
 
-# %% ../nbs/02_model.ipynb #acc241d1
+# %% ../nbs/02_model.ipynb #489307ee
 def model_config(model: nn.Module) -> dict:
     "The class and arguments that rebuild `model` (an LT-ViT or a timm `VisionTransformer`)."
     if isinstance(model, LTViT):
@@ -657,6 +682,7 @@ def _legacy_keys(sd: dict, fresh: bool) -> dict:
         out[f'{"lt_blocks" if fresh else "blocks"}.{m[1]}.norm_label.{m[2]}' if m else k] = v
     return out
 
+# %% ../nbs/02_model.ipynb #cf54df4c
 def load_model(path: str | Path, **overrides) -> nn.Module:
     "Rebuild a model saved by `save_model` (class, arguments, label names, weights, `pretrained_cfg`)."
     meta = checkpoint_metadata(path)

@@ -57,9 +57,10 @@ def collect(grid: Grid, root: str | Path, **select) -> list[RunResult]:
         out.append(read_run(grid, r.name, root, tag))
     return out
 
-# %% ../nbs/06b_results.ipynb #703e1f57
+# %% ../nbs/06b_results.ipynb #6a163614
 MISSING = 'missing'
 
+# %% ../nbs/06b_results.ipynb #9d805ba0
 @dataclass
 class ResultTable:
     "A table of results with, per cell, the run(s) that produced it."
@@ -207,7 +208,7 @@ REPORTED = pd.DataFrame([
     ('LT-ViT (quoted by a third party, unverified)', 81.98, 88.90, 'secondary table'),
 ], columns=['method', 'NIH mean AUC (%)', 'CheXpert-5 mean AUC (%)', 'source']).assign(kind='reported')
 
-# %% ../nbs/06b_results.ipynb #cbee6472
+# %% ../nbs/06b_results.ipynb #f71dbabb
 def _sha(p: Path) -> str | None: return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 def _display_root(root: Path) -> str:
@@ -215,6 +216,7 @@ def _display_root(root: Path) -> str:
     try: return str(Path(root).resolve().relative_to(repo_root().resolve()))
     except ValueError: return str(root)
 
+# %% ../nbs/06b_results.ipynb #2eca0b25
 class Artefacts:
     "Saves one notebook's figures and tables (with provenance) where the docs render them, and displays them."
     def __init__(self, notebook: str,  # the notebook's name, recorded with every artefact

@@ -42,7 +42,7 @@ __all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_a
            'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint',
            'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
 
-# %% ../nbs/03_training_loop.ipynb #50c8371b
+# %% ../nbs/03_training_loop.ipynb #075ced23
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     "ROC-AUC along the last axis by the rank (Mann-Whitney) formula; NaN where one class is absent."
     y = y.astype(bool)
@@ -52,6 +52,7 @@ def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
         auc = ((r * y).sum(-1) - npos * (npos + 1) / 2) / (npos * nneg)
     return np.where((npos > 0) & (nneg > 0), auc, np.nan)
 
+# %% ../nbs/03_training_loop.ipynb #9156c482
 def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
                p: np.ndarray,  # scores `(N, C)`
                labels: Sequence[str],
@@ -114,7 +115,7 @@ def default_out_dir(dataset: str, model: str | None) -> Path:
     "A new run folder: `runs_root()` / `<dataset>-<model>-<timestamp>`."
     return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
-# %% ../nbs/03_training_loop.ipynb #32f2ee42
+# %% ../nbs/03_training_loop.ipynb #be1b00a8
 DATASETS = ('synthetic', 'nih', 'chexpert')
 
 TRAIN_PRESETS: dict[str, dict] = {  # what None takes, per data set
@@ -126,6 +127,7 @@ TRAIN_PRESETS: dict[str, dict] = {  # what None takes, per data set
                       weight_decay=0.05, warmup_epochs=2.0, drop_path=0.0, augment='none', workers=0, preload=True),
 }
 
+# %% ../nbs/03_training_loop.ipynb #fc822d49
 @dataclass
 class TrainConfig:
     "Every parameter of a training run (None: the data set's preset), with its help: the papermill parameters of `05_train`."
@@ -200,7 +202,7 @@ class TrainConfig:
         if c.augment in ('', 'none', 'None'): c.augment = 'none'
         return c
 
-# %% ../nbs/03_training_loop.ipynb #4aef26ee
+# %% ../nbs/03_training_loop.ipynb #5973dd6c
 def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str], Path]:
     "The train/val/test data sets of a resolved config, their label names and the data folder."
     tf_eval = make_transform(c.img_size)
@@ -242,6 +244,7 @@ def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
         raise ValueError(f'model_args gave the model labels {model.label_names}, the data set has {list(labels)}.')
     return model
 
+# %% ../nbs/03_training_loop.ipynb #d592ece3
 def param_groups(model: torch.nn.Module,
                  weight_decay: float,  # AdamW weight decay (none on 1-d parameters and `no_weight_decay()`)
                  layer_decay: float = 1.0,  # layer-wise lr decay of the pre-trained layers (1: none)
@@ -443,7 +446,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     where = _Where(out, dev, precision, world, rank, say)
     return _finish(c, where, model, ds, labels, state, dict(compile=compiled, train_seconds=round(time.time() - t_start, 1)))
 
-# %% ../nbs/03_training_loop.ipynb #1329db60
+# %% ../nbs/03_training_loop.ipynb #2b0bbd59
 def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, per: dict):
     import matplotlib
     matplotlib.use('Agg', force=False)
@@ -476,6 +479,7 @@ class _Where:
     rank: int
     say: Callable
 
+# %% ../nbs/03_training_loop.ipynb #4ffdefcd
 def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state: dict, extra: dict) -> dict:
     "Evaluate the best model on test and write the run's files (rank 0); `extra` joins `metrics.json`."
     out, dev, precision, world, rank = w.out, w.dev, w.precision, w.world, w.rank
@@ -505,6 +509,7 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
     w.say(format_report(metrics, out))
     return metrics
 
+# %% ../nbs/03_training_loop.ipynb #bbe6d574
 def format_report(metrics: dict, out: str | Path) -> str:
     "The summary a run prints: mean and per-label test AUC with intervals, and where the files are."
     ci = metrics.get('per_class_auc_ci95', {})
