@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .core import *
 from .model import *
 from .data import *
-from .synthetic import make_synthetic, FINDINGS as SYNTHETIC_FINDINGS
+from .synthetic import make_synthetic
 from .cache import build_cache, cache_dataset, default_cache_dir, ImageCache
 from .train import TrainConfig, train, auc_report
 from .interpret import attention_maps, gradcam_maps, label_maps, plot_maps, compare_localisation

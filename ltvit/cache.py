@@ -62,7 +62,8 @@ def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
     n, meta_path = len(ids), out / 'meta.json'
     meta = {'version': CACHE_VERSION, 'size': size, 'n': n, 'ids': ids, 'complete': False}
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if old is None or {k: old.get(k) for k in ('version', 'size', 'n', 'ids')} != {k: meta[k] for k in ('version', 'size', 'n', 'ids')}:
+    same = ('version', 'size', 'n', 'ids')
+    if old is None or {k: old.get(k) for k in same} != {k: meta[k] for k in same}:
         np.memmap(out / 'images.u8', dtype=np.uint8, mode='w+', shape=(n, size, size)).flush()
         np.memmap(out / 'done.u8', dtype=np.uint8, mode='w+', shape=(n,)).flush()
         write_json(meta_path, meta)
@@ -80,7 +81,8 @@ def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
     finally:
         bar.close()
         if pool: pool.shutdown(cancel_futures=True)
-    if not done.all(): raise DataError(f'{out}: {int((done == 0).sum())} image(s) were not cached; run build_cache again.')
+    if not done.all():
+        raise DataError(f'{out}: {int((done == 0).sum())} image(s) were not cached; run build_cache again.')
     mm = np.memmap(out / 'images.u8', dtype=np.uint8, mode='r', shape=(n, size, size))
     for i in np.random.default_rng(0).choice(n, min(verify, n), replace=False):
         if not np.array_equal(mm[i], _resize(load_image(paths[i]), size)):
@@ -109,16 +111,22 @@ class ImageCache:
         if not meta_path.is_file(): raise DataError(f'No preprocessing cache at {path} (meta.json missing).')
         meta = json.loads(meta_path.read_text())
         if not meta.get('complete'):
-            raise DataError(f'The cache at {path} is incomplete (an interrupted build); run build_cache again to finish it.')
+            raise DataError(
+                f'The cache at {path} is incomplete (an interrupted build); run build_cache again to finish it.'
+            )
         cache = cls(path, meta)
         if ids is not None:
             missing = [i for i in ids if i not in cache.index]
-            if missing: raise DataError(f'The cache at {path} lacks {len(missing)} image(s) of this data set, e.g. {missing[:3]}.')
+            if missing:
+                raise DataError(f'The cache at {path} lacks {len(missing)} image(s) of this data set, e.g. '
+                                f'{missing[:3]}.')
         return cache
 
     def get(self, image_id: str) -> np.ndarray:
         if self._mm is None:
-            self._mm = np.memmap(self.path / 'images.u8', dtype=np.uint8, mode='r', shape=(self.n, self.size, self.size))
+            self._mm = np.memmap(
+                self.path / 'images.u8', dtype=np.uint8, mode='r', shape=(self.n, self.size, self.size)
+            )
         return np.array(self._mm[self.index[image_id]])
 
     def __contains__(self, image_id: str) -> bool: return image_id in self.index

@@ -78,7 +78,8 @@ def get_device(device: str | torch.device = 'auto'  # 'auto', 'cpu', 'cuda', 'cu
             return torch.device('mps')
         return torch.device('cpu')
     try: dev = torch.device(device)
-    except RuntimeError as e: raise ValueError(f"Unknown device {device!r}; expected 'auto', 'cpu', 'cuda[:N]' or 'mps'.") from e
+    except RuntimeError as e:
+        raise ValueError(f"Unknown device {device!r}; expected 'auto', 'cpu', 'cuda[:N]' or 'mps'.") from e
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available on this machine; use 'auto' or 'cpu'.")
     if dev.type == 'mps' and not torch.backends.mps.is_available():
@@ -92,7 +93,8 @@ def get_precision(precision: str = 'auto',  # 'auto', 'fp32' or 'bf16'
                   device: str | torch.device = 'cpu',  # the device the model runs on
                  ) -> str:
     "Resolve `precision` for `device`: 'auto' is bf16 on GPUs that support it, else fp32."
-    if precision == 'fp16': raise ValueError("precision='fp16' is not offered (it would need a gradient scaler); use 'bf16' or 'fp32'.")
+    if precision == 'fp16':
+        raise ValueError("precision='fp16' is not offered (it would need a gradient scaler); use 'bf16' or 'fp32'.")
     if precision not in PRECISIONS:
         raise ValueError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
     dev = get_device(device)

@@ -172,7 +172,9 @@ def nih_split_table(root: str | Path, split: str, labels: Sequence[str] = NIH_LA
     table = read_nih_table(root, labels)
     tv, te = read_split_list(root / 'train_val_list.txt'), read_split_list(root / 'test_list.txt')
     both = set(tv) & set(te)
-    if both: raise DataError(f'{len(both)} image(s) are in both train_val_list.txt and test_list.txt, e.g. {sorted(both)[:3]}.')
+    if both:
+        raise DataError(f'{len(both)} image(s) are in both train_val_list.txt and test_list.txt, e.g. '
+                        f'{sorted(both)[:3]}.')
     ids = set(table['id'])
     unlisted = ids - set(tv) - set(te)
     if unlisted:
@@ -184,7 +186,9 @@ def nih_split_table(root: str | Path, split: str, labels: Sequence[str] = NIH_LA
                         f'table, e.g. {sorted(extra)[:3]}. If this folder is deliberately a subset of the release '
                         '(like the 500-image sample), pass subset=True.')
     if extra and verbose:
-        print(f'NIH subset: the table covers {len(ids):,} of the {len(ids) + len(extra):,} images the split lists name.')
+        print(
+            f'NIH subset: the table covers {len(ids):,} of the {len(ids) + len(extra):,} images the split lists name.'
+        )
     in_test = table['id'].isin(set(te)).to_numpy()
     if split == 'test': return table[in_test].reset_index(drop=True)
     tvt = table[~in_test].reset_index(drop=True)
@@ -217,14 +221,22 @@ class CXRDataset(Dataset):
 
     def image(self, i: int) -> Image.Image:
         "The `i`-th image as an 8-bit greyscale PIL image (from the cache when there is one)."
-        arr = self._cache.get(self.table['id'].iat[i]) if self._cache is not None else load_image(self.table['path'].iat[i])
+        arr = (
+            self._cache.get(self.table['id'].iat[i])
+            if self._cache is not None
+            else load_image(self.table['path'].iat[i])
+        )
         return Image.fromarray(arr)
 
     def __getitem__(self, i: int) -> dict:
         if self._pre is not None: x = self._pre[i]
         else:
             im = self.image(i)
-            x = self.transform(im) if self.transform is not None else torch.from_numpy(np.asarray(im, np.float32) / 255.0)[None]
+            x = (
+                self.transform(im)
+                if self.transform is not None
+                else torch.from_numpy(np.asarray(im, np.float32) / 255.0)[None]
+            )
         return {'image': x, 'labels': torch.from_numpy(self.targets[i]), 'mask': torch.from_numpy(self.mask[i]),
                 'id': self.table['id'].iat[i], 'index': i}
 
@@ -292,7 +304,9 @@ def read_nih_boxes(root: str | Path,  # folder with BBox_List_2017.csv
     if not path.is_file(): raise DataError(f'Box file not found: {path}')
     raw = pd.read_csv(path)
     if raw.shape[1] < 6 or list(raw.columns[:2]) != ['Image Index', 'Finding Label']:
-        raise DataError(f'{path}: expected columns Image Index, Finding Label, Bbox [x, y, w, h]; found {list(raw.columns)}.')
+        raise DataError(
+            f'{path}: expected columns Image Index, Finding Label, Bbox [x, y, w, h]; found {list(raw.columns)}.'
+        )
     df = raw.iloc[:, :6].copy(); df.columns = ['id', 'label', 'x', 'y', 'w', 'h']
     df['label'] = df['label'].replace(_BOX_NAMES)
     bad = sorted(set(df['label']) - set(NIH_LABELS))
@@ -353,7 +367,7 @@ def resolve_chexpert_path(root: Path, p: str) -> Path:
 class CheXpert(CXRDataset):
     "CheXpert from `train.csv`/`valid.csv`: frontal views, 5/13/14 labels, an uncertainty policy."
     def __init__(self,
-                 root: str | Path | None = None,  # folder with train.csv and valid.csv (default: `$LTVIT_DATA/chexpert`)
+                 root: str | Path | None = None,  # folder with train.csv, valid.csv (default: `$LTVIT_DATA/chexpert`)
                  split: str = 'train',  # 'train', 'val' (patient-disjoint carve-out of train.csv) or 'test' (valid.csv)
                  transform: Callable | None = None,
                  labels: str | Sequence[str] = 'chexpert5',  # 'chexpert5', 'chexpert13', 'chexpert14' or names
@@ -404,9 +418,19 @@ def make_chexpert_like(root: str | Path,  # where to write train.csv, valid.csv 
                 for view in ('frontal', 'lateral'):
                     img = Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8))
                     vals = rng.choice([1.0, 0.0, -1.0, np.nan], size=14, p=[0.2, 0.4, 0.15, 0.25])
-                    rows[split].append(chexpert_record(root, prefix, split, p + (0 if split == 'train' else 50000), s + 1,
-                                                       view, img, dict(zip(CHEXPERT_14, vals)),
-                                                       ap_pa='AP' if view == 'frontal' else ''))
+                    rows[split].append(
+                        chexpert_record(
+                            root,
+                            prefix,
+                            split,
+                            p + (0 if split == 'train' else 50000),
+                            s + 1,
+                            view,
+                            img,
+                            dict(zip(CHEXPERT_14, vals)),
+                            ap_pa='AP' if view == 'frontal' else '',
+                        )
+                    )
     return write_chexpert_csvs(root, rows)
 
 def chexpert_record(root: Path,  # the data set folder (the `Path` column's prefix is not a folder in it)

@@ -75,10 +75,10 @@ class LabelHead(nn.Module):
 
     def extra_repr(self): return f'num_labels={self.num_labels}, dim={self.weight.shape[1]}, kind={self.kind!r}'
 
-# %% ../nbs/02_model.ipynb #723d97a6
+# %% ../nbs/02_model.ipynb #66ce3196
 ATTN_IMPLS = ('mask', 'split')
 
-# %% ../nbs/02_model.ipynb #da35d18e
+# %% ../nbs/02_model.ipynb #9e4e0264
 class LTBlock(Block):
     "A timm `Block` whose input ends with `num_labels` label tokens: they read the image, the image never reads them."
     @classmethod
@@ -140,7 +140,7 @@ class LTBlock(Block):
         o = self.attn.norm(o.transpose(1, 2).reshape(B, C, dim))
         return self.attn.proj_drop(self.attn.proj(o))
 
-# %% ../nbs/02_model.ipynb #e8dd3e36
+# %% ../nbs/02_model.ipynb #4005589d
 class _NoLabels(nn.Module):
     "Stands in `lt_blocks` at the depths without an LT block, so that `lt_blocks` lines up with `blocks`."
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
@@ -313,7 +313,7 @@ def new_parameter_names(self: LTViT) -> list[str]:
     "Parameters that no pre-trained ViT has (label tokens, label norms, fresh LT blocks); the head aside."
     return [n for n, _ in self.named_parameters() if _NEW_PARAMS.match(n)]
 
-# %% ../nbs/02_model.ipynb #d70632b4
+# %% ../nbs/02_model.ipynb #e465b0f4
 @patch
 @torch.jit.ignore
 def forward_intermediates(self: LTViT, x: torch.Tensor,
@@ -350,7 +350,7 @@ def forward_intermediates(self: LTViT, x: torch.Tensor,
     if return_prefix_tokens and npt: inter = list(zip(inter, prefix))
     return inter if intermediates_only else (self.norm(x), inter)
 
-# %% ../nbs/02_model.ipynb #dcf39bde
+# %% ../nbs/02_model.ipynb #79694d88
 @patch
 @torch.jit.ignore
 def prune_intermediate_layers(self: LTViT, indices: int | list[int] = 1, prune_norm: bool = False,
@@ -649,7 +649,7 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
     if verbose: print(report)
     return report
 
-# %% ../nbs/02_model.ipynb #489307ee
+# %% ../nbs/02_model.ipynb #aa9fa123
 def model_config(model: nn.Module) -> dict:
     "The class and arguments that rebuild `model` (an LT-ViT or a timm `VisionTransformer`)."
     if isinstance(model, LTViT):
@@ -682,7 +682,7 @@ def _legacy_keys(sd: dict, fresh: bool) -> dict:
         out[f'{"lt_blocks" if fresh else "blocks"}.{m[1]}.norm_label.{m[2]}' if m else k] = v
     return out
 
-# %% ../nbs/02_model.ipynb #cf54df4c
+# %% ../nbs/02_model.ipynb #af00ccda
 def load_model(path: str | Path, **overrides) -> nn.Module:
     "Rebuild a model saved by `save_model` (class, arguments, label names, weights, `pretrained_cfg`)."
     meta = checkpoint_metadata(path)
