@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #240b14e9
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit
 from timm.data import create_transform
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from .core import CHEXPERT_14, CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, get_data_dir, get_label_set
 
@@ -213,7 +215,6 @@ class CXRDataset(Dataset):
 
     def preload(self, progress: bool = False) -> 'CXRDataset':
         "Decode and transform every image once and keep the tensors in memory (for deterministic transforms)."
-        from tqdm import tqdm
         self._pre = None  # (re)build from the images
         xs = [self[i]['image'] for i in tqdm(range(len(self)), desc=f'{self.name}: preload', disable=not progress)]
         self._pre = torch.stack(xs)
@@ -242,7 +243,6 @@ class CXRDataset(Dataset):
 
     def fingerprint(self) -> str:
         "A short hash of the split: its image ids and labels (recorded with every run)."
-        import hashlib
         h = hashlib.sha256('\n'.join(self.table['id']).encode()); h.update(np.ascontiguousarray(self.targets).tobytes())
         return h.hexdigest()[:16]
 

@@ -278,7 +278,7 @@ def run_grid(grid: Grid, root: str | Path,
         f'{sum(status[n] == "broken" for n in todo)} to resume, {sum(status[n] == "missing" for n in todo)} to start.')
     if dry_run or not todo: return run_status(grid, root)
     if gpus == 'auto':
-        import torch
+        import torch  # only here: the grid runs its runs in other processes and needs torch for nothing else
         gpus = list(range(torch.cuda.device_count()))
         if not gpus: raise RuntimeError("gpus='auto' but no GPU is visible.")
     slots = list(gpus) if gpus else [None] * max(1, jobs)

@@ -24,7 +24,7 @@ from .train import fast_auc
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',
-           'paired_auc_difference', 'difference_table', 'Artefacts']
+           'paired_auc_difference', 'difference_table', 'constant_table', 'Artefacts']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -117,6 +117,28 @@ class ResultTable:
         return f.to_markdown(index=False, disable_numparse=True, colalign=align) + '\n'
 
     def _repr_markdown_(self): return '\n\n'.join(s for s in (self.missing_report(), self.to_markdown()) if s)
+
+# %% ../nbs/06b_results.ipynb #bd78916c
+@patch
+def frame(self: ResultTable) -> pd.DataFrame:
+    "The values as a plain DataFrame (a copy); `attrs` holds the table's name, `complete` and each cell's runs."
+    df = self.values.copy()
+    df.attrs = {'table': self.name, 'complete': self.complete,
+                'sources': {(str(r), str(c)): list(self.sources.loc[r, c]) for r in df.index for c in df.columns}}
+    return df
+
+@patch
+def with_column(self: ResultTable, name: str, values: Sequence, sources: Sequence[tuple[str, ...]],
+                fmt: str | None = None) -> ResultTable:
+    "A copy with column `name` added: one value per row and the run names each comes from."
+    if len(values) != len(self.values) or len(sources) != len(self.values):
+        raise ValueError(f'{self.name}: column {name!r} needs {len(self.values)} values and sources, one per row.')
+    unknown = {n for s in sources for n in s} - set(self.runs)
+    if unknown: raise ValueError(f'{self.name}: column {name!r} names runs that are not in the table: {sorted(unknown)}.')
+    vals, srcs = self.values.copy(), self.sources.copy()
+    vals[name], srcs[name] = list(values), [tuple(s) for s in sources]
+    return ResultTable(self.name, vals, srcs, self.runs, self.grid, self.root,
+                       {**self.formats, **({name: fmt} if fmt else {})})
 
 # %% ../nbs/06b_results.ipynb #608fe84c
 def run_table(grid: Grid, root: str | Path, name: str,
@@ -219,6 +241,13 @@ REPORTED = pd.DataFrame([
     ('DenseNet-121, ImageNet supervised', 82.2, float('nan'), 'lambert-x/medical_mae README'),
     ('LT-ViT (quoted by a third party, unverified)', 81.98, 88.90, 'secondary table'),
 ], columns=['method', 'NIH mean AUC (%)', 'CheXpert-5 mean AUC (%)', 'source']).assign(kind='reported')
+
+# %% ../nbs/06b_results.ipynb #d6adaf3c
+def constant_table(name: str, values: pd.DataFrame, grid: Grid, root: str | Path,
+                   formats: dict | None = None) -> ResultTable:
+    "A table of numbers that no run produced (the literature's): every cell's source is empty, so `trace` refuses it."
+    sources = pd.DataFrame([[()] * values.shape[1]] * len(values), index=values.index, columns=values.columns)
+    return ResultTable(name, values, sources, {}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #623c9e6d
 def _sha(p: Path) -> str | None: return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None

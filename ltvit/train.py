@@ -5,6 +5,8 @@
 # %% ../nbs/03_training_loop.ipynb #188abd13
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import math
 import os
@@ -98,7 +100,6 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
 # %% ../nbs/03_training_loop.ipynb #32d1700a
 def parse_model_args(s: str | dict | None) -> dict:
     "Extra timm model arguments from `'depth:6,embed_dim:192'` or `'depth=6,...'` (or a dict); values are literals."
-    import ast
     if s is None or s == '': return {}
     if isinstance(s, dict): return dict(s)
     out = {}
@@ -619,14 +620,12 @@ def format_report(metrics: dict, out: str | Path) -> str:
 
 # %% ../nbs/03_training_loop.ipynb #7943cd2e
 def _parse_value(v: str):
-    import ast
     if v.lower() in ('none', 'null'): return None
     try: return ast.literal_eval(v)
     except (ValueError, SyntaxError): return v
 
 def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
     "The `TrainConfig` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
-    import argparse
     p = argparse.ArgumentParser(
         prog='ltvit_train', description='Train LT-ViT or a ViT baseline (see nbs/05_train.ipynb).'
     )
