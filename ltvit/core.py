@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -20,8 +22,9 @@ import torch
 
 # %% auto #0
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
-           'CXR_STD', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast', 'get_data_dir',
-           'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions']
+           'CXR_STD', 'MACHINE_KEYS', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast',
+           'get_data_dir', 'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions', 'code_version',
+           'science_hash']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -179,3 +182,24 @@ def package_versions(names=('torch', 'timm', 'numpy', 'pandas', 'scikit-learn', 
         try: out[n] = version(n)
         except PackageNotFoundError: pass
     return out
+
+# %% ../nbs/00_core.ipynb #999377f8
+MACHINE_KEYS = frozenset({'train_seconds', 'seconds', 'device', 'world_size', 'versions', 'git_commit', 'code_version',
+                          'compile', 'workers', 'out_dir'})
+
+def code_version() -> str:
+    "A short hash of the importable `ltvit` package's source files: what a run's numbers depend on in the code."
+    h = hashlib.sha256()
+    for f in sorted(Path(importlib.util.find_spec('ltvit').origin).parent.glob('*.py')):
+        if f.name != '_modidx.py': h.update(f.name.encode()); h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+def _science(o):
+    if isinstance(o, dict): return {k: _science(v) for k, v in o.items() if k not in MACHINE_KEYS}
+    if isinstance(o, list): return [_science(v) for v in o]
+    if isinstance(o, str) and os.path.isabs(o): return Path(o).name  # a folder's name, not where it is
+    return o
+
+def science_hash(obj) -> str:
+    "SHA-256 of `obj` (a run's config or metrics) without what describes the machine: paths, timings, versions."
+    return hashlib.sha256(json.dumps(_science(obj), sort_keys=True, default=_plain).encode()).hexdigest()

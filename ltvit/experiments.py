@@ -132,7 +132,8 @@ def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
                 'ltvit.experiments:cache_task',
             )
         )
-    weights = {k: (v[0], v[1], f'timm hub: {v[0]}') for k, v in P['weights'].items()}
+    other = lambda size: '' if size == P['size'] else f' (ViT-{size[0].upper()}: another width than the other rows)'
+    weights = {k: (v[0], v[1], f'timm hub: {v[0]}{other(v[1])}') for k, v in P['weights'].items()}
     return data, weights
 
 # %% ../nbs/06a_experiments.ipynb #dcc2146e
@@ -165,6 +166,7 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         margs = ','.join(a for a in [P['model_args'], *(f'{k}:{v}' for k, v in VARIANTS.get(variant, {}).items())] if a)
         params = dict(base, **data[ds], model=f'{arch}_{size}_patch16_224', model_args=margs, pretrained=w)
         if arch == 'ltvit': params['n2'] = n2 or P['n2']
+        if arch == 'vit' and init == 'MAE': params['vit_pool'] = 'avg'  # MAE weights are fine-tuned with avg pooling
         name = (
             f'{ds}-{arch}-{init}'
             + (f'-n2_{n2}' if n2 and n2 != P['n2'] else '')

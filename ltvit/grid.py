@@ -20,11 +20,11 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .core import git_commit, package_versions, repo_root, write_json
+from .core import code_version, git_commit, package_versions, repo_root, write_json
 
 # %% auto #0
-__all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_status', 'checkout_path', 'training_notebook', 'check_folder', 'run_command',
-           'run_task', 'example_task', 'GridFailed', 'run_grid']
+__all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_code', 'run_status', 'checkout_path', 'training_notebook', 'check_folder',
+           'run_command', 'run_task', 'example_task', 'GridFailed', 'run_grid']
 
 # %% ../nbs/06_grid.ipynb #915d108d
 REF = re.compile(r'\{run:([\w.\-]+)\}')
@@ -114,14 +114,23 @@ def run_state(grid: Grid, name: str, root: str | Path) -> str:
             return 'stale'
     return 'finished' if (d / 'metrics.json').is_file() else 'broken'
 
+def run_code(folder: Path) -> tuple[str | None, str]:
+    "The commit a finished run recorded, and whether its library code is this checkout's: 'current', 'other' or '?'."
+    cfg = folder / 'config.json'
+    rec = json.loads(cfg.read_text()) if (folder / 'metrics.json').is_file() and cfg.is_file() else {}
+    code = rec.get('code_version')
+    return rec.get('git_commit'), '?' if code is None else ('current' if code == code_version() else 'other')
+
 def run_status(grid: Grid, root: str | Path) -> pd.DataFrame:
-    "One row per run: name, id, kind, status (`run_state`), folder, tags."
+    "One row per run: name, id, kind, status (`run_state`), the commit and code version it was made with, folder, tags."
     rows = []
     for n in grid.order():
         d, st = grid.folder(n, root), run_state(grid, n, root)
-        rows.append({'name': n, 'id': grid.id(n), 'kind': grid.runs[n].kind, 'status': st, 'folder': str(d),
+        commit, code = run_code(d) if st == 'finished' else (None, '')
+        rows.append({'name': n, 'id': grid.id(n), 'kind': grid.runs[n].kind, 'status': st, 'code': code,
+                     'commit': commit, 'folder': str(d),
                      'tags': '; '.join(', '.join(f'{k}={v}' for k, v in t.items()) for t in grid.runs[n].tags)})
-    return pd.DataFrame(rows, columns=['name', 'id', 'kind', 'status', 'folder', 'tags'])
+    return pd.DataFrame(rows, columns=['name', 'id', 'kind', 'status', 'code', 'commit', 'folder', 'tags'])
 
 # %% ../nbs/06_grid.ipynb #ca540aa3
 def checkout_path(*parts: str) -> Path:
@@ -171,7 +180,7 @@ def run_task(folder: str | Path) -> dict:
     "Execute the task of `folder/grid.json`: its settings go to `config.json`, what it returns to `metrics.json`."
     folder = Path(folder); spec = json.loads((folder / 'grid.json').read_text())
     write_json(folder / 'config.json', {'task': spec['fn'], 'config': spec['resolved'], 'versions': package_versions(),
-                                        'git_commit': git_commit()}, sort_keys=True)
+                                        'git_commit': git_commit(), 'code_version': code_version()}, sort_keys=True)
     mod, fn = spec['fn'].split(':')
     result = getattr(importlib.import_module(mod), fn)(folder, **spec['resolved'])
     write_json(folder / 'metrics.json', result or {}, sort_keys=True)

@@ -35,8 +35,8 @@ from .core import CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write
 __all__ = ['HEAD_TYPES', 'ATTN_IMPLS', 'LT_DEFAULTS', 'default_cfgs', 'PRETRAINED_BACKBONES', 'SAFE_CHECKPOINT_GLOBALS',
            'lt_attention_mask', 'additive_mask', 'LabelHead', 'LTBlock', 'LTViT', 'vit_config', 'capture_attention',
            'forward_lt', 'ltvit_tiny_patch16_224', 'ltvit_small_patch16_224', 'ltvit_base_patch16_224', 'LoadReport',
-           'read_checkpoint', 'vit_state_dict', 'load_pretrained', 'model_config', 'save_model', 'checkpoint_metadata',
-           'load_model']
+           'read_checkpoint', 'vit_state_dict', 'check_pretrained', 'load_pretrained', 'model_config', 'save_model',
+           'checkpoint_metadata', 'load_model']
 
 # %% ../nbs/02_model.ipynb #c4069514
 def lt_attention_mask(n_img: int,  # image tokens (prefix tokens + patches)
@@ -602,8 +602,21 @@ def _hub_state_dict(name: str) -> dict:
     try: return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
     except Exception as e:
         raise RuntimeError(f'Could not load pre-trained weights {name!r} from the hub ({type(e).__name__}: '
-                           f'{str(e).splitlines()[0][:200] if str(e) else ""}). Without network access, pass a local '
-                           'checkpoint file (.pth or .safetensors) instead.') from e
+                           f'{str(e).splitlines()[0][:200] if str(e) else ""}). Offline, pass a local checkpoint file '
+                           '(-p pretrained <local file>: a timm, DINO or MAE checkpoint, .pth or .safetensors), or '
+                           'train from random initialisation (-p pretrained none).') from e
+
+def check_pretrained(source: str | Path | None  # what `load_pretrained` will be given: 'none', a file or a hub name
+                    ) -> None:
+    "Fail at once, saying what to pass instead, where `source` cannot give weights: a missing file, a hub name offline."
+    if source in (None, '', 'none'): return
+    path = Path(str(source)).expanduser()
+    if path.exists(): return
+    if str(source).endswith(_CKPT_SUFFIXES):
+        raise FileNotFoundError(f'Checkpoint file not found: {path}. Pass an existing file '
+                                '(-p pretrained <local file>), or train from random weights (-p pretrained none).')
+    with torch.random.fork_rng(devices=[]):  # fetching builds a model: the caller's random stream must not move
+        _hub_state_dict(str(source))
 
 # %% ../nbs/02_model.ipynb #15c28b2d
 def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (the baseline)
@@ -638,6 +651,8 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
                 raise ValueError(f'{name}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}.')
             to_load[k] = v
         elif _IGNORABLE.match(k) or k.startswith('decoder'): report.ignored.append(k)
+        elif k.startswith('norm.') and 'fc_norm.weight' in own and 'norm.weight' not in own:
+            report.ignored.append(k)  # an average-pooling model: its fc_norm starts new, as MAE fine-tuning does
         else: raise ValueError(f'{name}: unexpected tensor {k!r}; not a checkpoint of the same ViT architecture.')
     missing = [k for k in own if k not in to_load]
     bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith(('head.', 'fc_norm.')))]

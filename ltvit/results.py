@@ -5,7 +5,6 @@
 # %% ../nbs/06b_results.ipynb #7bb366ad
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import atomic_write, repo_root, write_json
+from .core import atomic_write, repo_root, science_hash, write_json
 from .experiments import paper_dir
 from .grid import Grid, run_state
 from .train import fast_auc
@@ -134,7 +133,8 @@ def with_column(self: ResultTable, name: str, values: Sequence, sources: Sequenc
     if len(values) != len(self.values) or len(sources) != len(self.values):
         raise ValueError(f'{self.name}: column {name!r} needs {len(self.values)} values and sources, one per row.')
     unknown = {n for s in sources for n in s} - set(self.runs)
-    if unknown: raise ValueError(f'{self.name}: column {name!r} names runs that are not in the table: {sorted(unknown)}.')
+    if unknown:
+        raise ValueError(f'{self.name}: column {name!r} names runs that are not in the table: {sorted(unknown)}.')
     vals, srcs = self.values.copy(), self.sources.copy()
     vals[name], srcs[name] = list(values), [tuple(s) for s in sources]
     return ResultTable(self.name, vals, srcs, self.runs, self.grid, self.root,
@@ -250,7 +250,9 @@ def constant_table(name: str, values: pd.DataFrame, grid: Grid, root: str | Path
     return ResultTable(name, values, sources, {}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #623c9e6d
-def _sha(p: Path) -> str | None: return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+def _science_sha(p: Path) -> str | None:
+    "`science_hash` of a run's JSON record: the same results give the same hash on any machine, in any folder."
+    return science_hash(json.loads(p.read_text())) if p.is_file() else None
 
 def _display_root(root: Path) -> str:
     "The grid folder as shown in captions: relative to the repository when inside it."
@@ -274,8 +276,12 @@ class Artefacts:
                 f'`{_display_root(self.root)}`.*')
 
     def _provenance(self, runs: Sequence[RunResult]) -> dict:
-        return {r.id: {'name': r.name, 'status': r.status, 'config_sha256': _sha(r.folder / 'config.json'),
-                       'metrics_sha256': _sha(r.folder / 'metrics.json')} for r in sorted(runs, key=lambda r: r.id)}
+        "Per run: name, status, the commit and code version that made it, and machine-independent hashes of its record."
+        rec = lambda r, k: (r.config or {}).get(k)
+        return {r.id: {'name': r.name, 'status': r.status, 'commit': rec(r, 'git_commit'),
+                       'code_version': rec(r, 'code_version'), 'config_sha256': _science_sha(r.folder / 'config.json'),
+                       'metrics_sha256': _science_sha(r.folder / 'metrics.json')}
+                for r in sorted(runs, key=lambda r: r.id)}
 
     def _meta(self, kind: str, name: str, caption: str, runs, files, **extra) -> dict:
         return {'kind': kind, 'name': name, 'notebook': self.notebook, 'preset': self.grid.preset, 'caption': caption,

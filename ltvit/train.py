@@ -34,16 +34,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
-from .core import (NIH_LABELS, atomic_write, autocast, get_data_dir, get_device, get_precision, git_commit,
-                        package_versions, repo_root, seed_everything, write_json)
+from .core import (NIH_LABELS, atomic_write, autocast, code_version, get_data_dir, get_device, get_precision,
+                        git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
-from .model import load_pretrained, save_model
+from .model import check_pretrained, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'runs_root', 'default_out_dir',
-           'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint',
-           'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
+__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'runs_root',
+           'default_out_dir', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce',
+           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
+           'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #075ced23
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -124,11 +125,14 @@ def default_out_dir(dataset: str, model: str | None) -> Path:
 # %% ../nbs/03_training_loop.ipynb #be1b00a8
 DATASETS = ('synthetic', 'nih', 'chexpert')
 
+PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
+
 TRAIN_PRESETS: dict[str, dict] = {  # what None takes, per data set
-    'recipe': dict(model='ltvit_small_patch16_224', model_args={}, img_size=224, epochs=75, batch_size=256,
+    'recipe': dict(model='ltvit_small_patch16_224', model_args={}, pretrained=PAPER_WEIGHTS, img_size=224, epochs=75,
+                   batch_size=256,
                    lr=None, base_lr=2.5e-4, min_lr=1e-5, layer_decay=None, weight_decay=0.05, warmup_epochs=5.0,
                    drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False),
-    'synthetic': dict(model='ltvit_tiny_patch16_224',
+    'synthetic': dict(model='ltvit_tiny_patch16_224', pretrained='none',
                       model_args=dict(patch_size=16, embed_dim=96, depth=4, num_heads=3),
                       img_size=64, epochs=36, batch_size=32, lr=1.5e-3, base_lr=2.5e-4, min_lr=1e-5, layer_decay=None,
                       weight_decay=0.05, warmup_epochs=2.0, drop_path=0.0, augment='none', workers=0, preload=True),
@@ -143,8 +147,9 @@ class TrainConfig:
     subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
     model: str | None = None  # any ltvit_* model or a plain timm vit_* baseline (None: preset)
     model_args: str | dict = ''  # extra timm model arguments, e.g. depth:6,embed_dim:192 (empty: preset)
-    pretrained: str = 'none'  # initial weights: none, a timm/hub name, or a checkpoint file (timm, DINO, MAE)
+    pretrained: str | None = None  # initial weights: none, a timm/hub name or a checkpoint file (None: preset)
     n2: int = 4  # LT blocks: the label tokens join the last n2 blocks
+    vit_pool: str = 'token'  # ViT baseline pooling: token (its CLS token) or avg (mean with fc_norm, as MAE fine-tunes)
     img_size: int | None = None  # image size in pixels (None: preset)
     epochs: int | None = None  # epochs (None: preset)
     batch_size: int | None = None  # global batch size (None: preset)
@@ -195,7 +200,8 @@ def resolved(self: TrainConfig) -> TrainConfig:
     for k in from_preset: setattr(c, k, preset[k])
     if 'warmup_epochs' in from_preset and c.epochs > 0 and c.warmup_epochs >= c.epochs:
         c.warmup_epochs = round(0.05 * c.epochs, 3)  # short runs: the preset's warm-up scaled down to 5%
-    if c.layer_decay is None: c.layer_decay = 0.55 if c.pretrained not in ('', 'none', None) else 1.0
+    if c.pretrained in ('', 'None'): c.pretrained = 'none'
+    if c.layer_decay is None: c.layer_decay = 0.55 if c.pretrained != 'none' else 1.0
     if not (c.model.startswith('ltvit_') or c.model.startswith('vit_')):
         raise ValueError(f'model={c.model!r}: expected an ltvit_* model or a plain timm vit_* baseline.')
     if c.model not in timm.list_models(): raise ValueError(f'model={c.model!r} is not a registered timm model.')
@@ -207,6 +213,9 @@ def resolved(self: TrainConfig) -> TrainConfig:
               'hflip': 0 <= c.hflip <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad: raise ValueError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
+    if c.vit_pool not in ('token', 'avg'): raise ValueError(f"vit_pool={c.vit_pool!r}: expected 'token' or 'avg'.")
+    if c.vit_pool != 'token' and c.model.startswith('ltvit_'):
+        raise ValueError(f'vit_pool={c.vit_pool!r} sets the ViT baseline\'s pooling; LT-ViT reads its label tokens.')
     if c.label_policy not in UNCERTAINTY_POLICIES:
         raise ValueError(f'label_policy={c.label_policy!r}: expected one of {UNCERTAINTY_POLICIES}.')
     if c.augment in ('', 'none', 'None'): c.augment = 'none'
@@ -244,13 +253,13 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
     return ds, ds['train'].labels, Path(root)
 
 def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
-    "The model of a resolved config: an LT-ViT, or the plain ViT baseline with a CLS head, optionally pre-trained."
+    "The model of a resolved config: an LT-ViT, or the plain ViT baseline (CLS or average pooling), maybe pre-trained."
     kw = dict(c.model_args or {}, img_size=c.img_size, drop_path_rate=c.drop_path)
     if c.model.startswith('ltvit_'): model = timm.create_model(c.model, label_names=list(labels), n2=c.n2, **kw)
     else:
-        model = timm.create_model(c.model, num_classes=len(labels), **kw)
+        model = timm.create_model(c.model, num_classes=len(labels), global_pool=c.vit_pool, **kw)  # avg: with fc_norm
         model.label_names = list(labels)
-    if c.pretrained not in ('', 'none', None): load_pretrained(model, c.pretrained)
+    if c.pretrained != 'none': load_pretrained(model, c.pretrained)
     if list(model.label_names) != list(labels):
         raise ValueError(f'model_args gave the model labels {model.label_names}, the data set has {list(labels)}.')
     return model
@@ -438,6 +447,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     finished = _existing_run(c, out, say)
     if finished is not None: return finished
     if c.batch_size % world: raise ValueError(f'batch_size={c.batch_size} is not divisible by the {world} DDP ranks.')
+    check_pretrained(c.pretrained)  # offline, a hub name stops here, before any data is read
     seed_everything(c.seed, c.deterministic)
     ds, labels, root = build_datasets(c, verbose=verbose and main)
     model = build_model(c, labels).to(dev)
@@ -473,6 +483,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         'world_size': world,
         'versions': package_versions(),
         'git_commit': git_commit(),
+        'code_version': code_version(),
         'steps_per_epoch': steps_per_epoch,
     }
     if main: write_json(out / 'config.json', cfg_record)

@@ -49,6 +49,32 @@ def test_wrong_dataset_fails_clearly(tmp_path):
     assert not (tmp_path / 'r').exists()
 
 
+def test_card_command_trains_from_the_paper_weights_and_stops_at_once_offline(tmp_path, monkeypatch):
+    "`papermill nbs/05_train.ipynb out.ipynb -p dataset nih` asks for the paper's ImageNet weights; offline it stops first."
+    import torch
+    from ltvit.model import check_pretrained
+    from ltvit.train import PAPER_WEIGHTS, TrainConfig
+    c = TrainConfig(dataset='nih').resolved()
+    assert c.pretrained == PAPER_WEIGHTS == 'deit_small_patch16_224.fb_in1k' and c.layer_decay == 0.55
+    assert TrainConfig(dataset='synthetic').resolved().pretrained == 'none'
+    assert TrainConfig(dataset='nih', pretrained='none').resolved().layer_decay == 1.0
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('LTVIT_DATA', str(tmp_path / 'no-data'))  # no data either: the weights must fail first
+    t = time.time()
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NB), str(tmp_path / 'card.ipynb'), cwd=str(NB.parent), kernel_name='python3',
+                            progress_bar=False, parameters=dict(dataset='nih', out_dir=str(tmp_path / 'r')))
+    msg = str(e.value)
+    assert PAPER_WEIGHTS in msg and '-p pretrained <local file>' in msg and '-p pretrained none' in msg, msg[-2000:]
+    assert 'NIH data folder not found' not in msg and time.time() - t < 120
+    # the check leaves the caller's random stream where it was, and names a missing file
+    torch.manual_seed(0); want = torch.rand(3)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match='-p pretrained none'): check_pretrained(PAPER_WEIGHTS)
+    assert torch.equal(torch.rand(3), want)
+    with pytest.raises(FileNotFoundError, match='pretrained <local file>'): check_pretrained(tmp_path / 'gone.pth')
+
+
 def _cli(args):
     return [sys.executable, '-m', 'ltvit.train'] + [f'--{k.replace("_", "-")}={v}' for k, v in args.items()]
 
@@ -177,3 +203,27 @@ def test_parameters_cell_is_the_train_config():
         p = cell[f.name]
         assert ast.literal_eval(p['default']) == f.default, f.name
         assert p['help'] == help_[f.name], f.name
+
+
+def test_vit_baseline_pooling_is_a_parameter_and_mae_weights_load_into_average_pooling(tmp_path):
+    "vit_pool='avg' gives timm's average pooling with fc_norm (as MAE fine-tunes); an MAE checkpoint loads into it."
+    import timm
+    import torch
+    from ltvit.train import TrainConfig, build_model
+    arch = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2)
+    src = timm.create_model('vit_tiny_patch16_224', num_classes=0, **arch)
+    mae = {**src.state_dict(), 'mask_token': torch.zeros(1, 1, 24), 'decoder_embed.weight': torch.zeros(16, 24)}
+    torch.save({'model': mae, 'epoch': 799}, tmp_path / 'mae.pth')
+    kw = dict(dataset='nih', model='vit_tiny_patch16_224', model_args='patch_size:8,embed_dim:24,depth:2,num_heads:2',
+              img_size=32, pretrained=str(tmp_path / 'mae.pth'))
+    m = build_model(TrainConfig(**kw, vit_pool='avg').resolved(), ['a', 'b']).eval()
+    assert m.global_pool == 'avg' and isinstance(m.fc_norm, torch.nn.LayerNorm) and isinstance(m.norm, torch.nn.Identity)
+    assert torch.equal(m.blocks[1].mlp.fc1.weight, src.blocks[1].mlp.fc1.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f = m.forward_features(x)
+        assert torch.allclose(m.forward_head(f, pre_logits=True), m.fc_norm(f[:, m.num_prefix_tokens:].mean(1)), atol=1e-6)
+    t = build_model(TrainConfig(**kw).resolved(), ['a', 'b'])
+    assert t.global_pool == 'token' and torch.equal(t.norm.weight, src.norm.weight)  # CLS pooling keeps the final norm
+    with pytest.raises(ValueError, match="sets the ViT baseline's pooling"): TrainConfig(vit_pool='avg').resolved()
+    with pytest.raises(ValueError, match="vit_pool='max'"): TrainConfig(**kw, vit_pool='max').resolved()
