@@ -30,17 +30,19 @@ from .synthetic import make_synthetic, synthetic_to_chexpert
 from .train import TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
-__all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid',
-           'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'time_models', 'speed_task',
-           'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'load_grid', 'paper_dir',
-           'run_paper_notebooks', 'main']
+__all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS',
+           'make_grid', 'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'time_models',
+           'speed_task', 'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'load_grid',
+           'paper_dir', 'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
-VARIANTS = {  # ablations of the choices the method guide marks as ours: name -> extra model arguments
+VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or training parameters (TrainConfig fields)
     'no label-label attention': {'label_attn': False},
     'one shared linear head': {'head': 'shared'},
     'fresh LT blocks': {'reuse_blocks': False},
+    'label tokens from the CLS token': {'label_init': 'cls'},
+    'label parameters at 0.1x lr': {'label_lr_scale': 0.1},
 }
 
 PRESETS: dict[str, dict] = {
@@ -70,6 +72,8 @@ PRESETS: dict[str, dict] = {
 
 # %% ../nbs/06a_experiments.ipynb #6a406ef1
 DATASET_NAMES = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}
+# the quick and tiny presets' phantoms, named for what they are wherever a table or figure names a data set
+SYNTHETIC_NAMES = {'nih': 'synthetic (NIH schema)', 'chexpert': 'synthetic (CheXpert schema)'}
 
 MODEL_NAMES = {'vit': 'ViT', 'ltvit': 'LT-ViT'}
 
@@ -144,8 +148,9 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
     "The grid of every run behind the paper's tables and figures, at a preset's scale."
     if preset not in PRESETS: raise ValueError(f'preset={preset!r}: expected one of {sorted(PRESETS)}.')
     P = PRESETS[preset]
-    g = Grid(preset, meta={'description': P['description']})
     synthetic = P['data'] == 'synthetic'
+    names = SYNTHETIC_NAMES if synthetic else DATASET_NAMES
+    g = Grid(preset, meta={'description': P['description'], 'datasets': names})
     base = dict(
         img_size=P['img_size'],
         epochs=P['epochs'],
@@ -163,8 +168,12 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
 
     def train_run(ds, arch, init, n2=None, variant=None, tags=()):
         w, size, source = weights[init]
-        margs = ','.join(a for a in [P['model_args'], *(f'{k}:{v}' for k, v in VARIANTS.get(variant, {}).items())] if a)
-        params = dict(base, **data[ds], model=f'{arch}_{size}_patch16_224', model_args=margs, pretrained=w)
+        change = VARIANTS.get(variant, {})
+        train_args = {k: v for k, v in change.items() if k in TrainConfig.parameter_names()}
+        extra = [f'{k}:{v}' for k, v in change.items() if k not in train_args]
+        margs = ','.join(a for a in [P['model_args'], *extra] if a)
+        params = dict(base, **data[ds], model=f'{arch}_{size}_patch16_224', model_args=margs, pretrained=w,
+                      **train_args)
         if arch == 'ltvit': params['n2'] = n2 or P['n2']
         if arch == 'vit' and init == 'MAE': params['vit_pool'] = 'avg'  # MAE weights are fine-tuned with avg pooling
         name = (
@@ -182,7 +191,7 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
                 ds,
                 arch,
                 main,
-                tags=[{'table': 'main', 'dataset': DATASET_NAMES[ds], 'model': MODEL_NAMES[arch], 'init': main}],
+                tags=[{'table': 'main', 'dataset': names[ds], 'model': MODEL_NAMES[arch], 'init': main}],
             )
     for init in INITS:
         for arch in ('vit', 'ltvit'):
@@ -190,7 +199,7 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
                 'nih',
                 arch,
                 init,
-                tags=[{'table': 'init', 'dataset': DATASET_NAMES['nih'], 'model': MODEL_NAMES[arch], 'init': init}],
+                tags=[{'table': 'init', 'dataset': names['nih'], 'model': MODEL_NAMES[arch], 'init': init}],
             )
     for n2 in P['n2_grid']:
         train_run('nih', 'ltvit', main, n2=n2, tags=[{'table': 'ablation', 'variant': f'n2={n2}', 'n2': n2,

@@ -32,11 +32,11 @@ from torch.utils.checkpoint import checkpoint
 from .core import CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write
 
 # %% auto #0
-__all__ = ['HEAD_TYPES', 'ATTN_IMPLS', 'LT_DEFAULTS', 'default_cfgs', 'PRETRAINED_BACKBONES', 'SAFE_CHECKPOINT_GLOBALS',
-           'lt_attention_mask', 'additive_mask', 'LabelHead', 'LTBlock', 'LTViT', 'vit_config', 'capture_attention',
-           'forward_lt', 'ltvit_tiny_patch16_224', 'ltvit_small_patch16_224', 'ltvit_base_patch16_224', 'LoadReport',
-           'read_checkpoint', 'vit_state_dict', 'check_pretrained', 'load_pretrained', 'model_config', 'save_model',
-           'checkpoint_metadata', 'load_model']
+__all__ = ['HEAD_TYPES', 'ATTN_IMPLS', 'LABEL_INITS', 'LT_DEFAULTS', 'default_cfgs', 'PRETRAINED_BACKBONES',
+           'SAFE_CHECKPOINT_GLOBALS', 'lt_attention_mask', 'additive_mask', 'LabelHead', 'LTBlock', 'LTViT',
+           'vit_config', 'capture_attention', 'forward_lt', 'ltvit_tiny_patch16_224', 'ltvit_small_patch16_224',
+           'ltvit_base_patch16_224', 'LoadReport', 'read_checkpoint', 'vit_state_dict', 'check_pretrained',
+           'load_pretrained', 'model_config', 'save_model', 'checkpoint_metadata', 'load_model']
 
 # %% ../nbs/02_model.ipynb #c4069514
 def lt_attention_mask(n_img: int,  # image tokens (prefix tokens + patches)
@@ -148,7 +148,9 @@ class _NoLabels(nn.Module):
         return x
 
 # %% ../nbs/02_model.ipynb #1a18caed
-LT_DEFAULTS = dict(n2=4, label_attn=True, head='per_label', reuse_blocks=True, label_init_std=0.02, attn_impl='mask')
+LABEL_INITS = ('random', 'cls')
+LT_DEFAULTS = dict(n2=4, label_attn=True, head='per_label', reuse_blocks=True, label_init_std=0.02, attn_impl='mask',
+                   label_init='random')
 _NEW_PARAMS = re.compile(r'^(label_tokens$|blocks\.\d+\.norm_label\.|lt_blocks\.)')
 
 def _label_names(num_classes: int | None, label_names: Sequence[str] | None) -> list[str]:
@@ -192,6 +194,7 @@ class LTViT(VisionTransformer):
                  head: str = 'per_label',  # 'per_label' (weight vector + bias per label) or 'shared'
                  reuse_blocks: bool = True,  # LT blocks reuse the backbone's blocks (else fresh blocks)
                  label_init_std: float = 0.02,  # std of the truncated-normal label-token init
+                 label_init: str = 'random',  # label tokens: 'random' (truncated normal) or 'cls' (the CLS embedding)
                  attn_impl: str = 'mask',  # 'mask' (one masked attention) or 'split' (two unmasked calls)
                  **kwargs):  # timm `VisionTransformer` arguments (`num_classes`, `embed_dim`, `depth`, ...)
         names = _label_names(kwargs.pop('num_classes', None), label_names)
@@ -203,13 +206,16 @@ class LTViT(VisionTransformer):
                              f'n2 blocks); got n2={n2!r}.')
         if head not in HEAD_TYPES: raise ValueError(f'Unknown head type {head!r}; expected one of {HEAD_TYPES}.')
         if attn_impl not in ATTN_IMPLS: raise ValueError(f'attn_impl={attn_impl!r}: expected one of {ATTN_IMPLS}.')
+        if label_init not in LABEL_INITS: raise ValueError(f'label_init={label_init!r}: expected one of {LABEL_INITS}.')
+        if label_init == 'cls' and not self.has_class_token:
+            raise ValueError("label_init='cls' copies the CLS token, and this backbone has none (class_token=False).")
         if self.attn_pool is not None:
             raise ValueError('LT-ViT replaces the pooling head; backbones with attention pooling are not supported.')
         if not all(isinstance(b, Block) for b in self.blocks):
             raise ValueError('LT-ViT needs a backbone made of timm `Block`s (pre-norm blocks).')
         self.n2, self.n1, self.head_type, self.attn_impl = n2, depth - n2, head, attn_impl
         self.label_attn, self.reuse_blocks, self.label_init_std = bool(label_attn), bool(reuse_blocks), label_init_std
-        self.pruned = False
+        self.label_init, self.pruned = label_init, False
         lt = dict(num_labels=len(names), label_attn=self.label_attn, attn_impl=attn_impl)
         if self.reuse_blocks:
             self.lt_blocks = None
@@ -286,7 +292,7 @@ def reset_classifier(self: LTViT, num_classes: int, global_pool: str | None = No
     dev = self.patch_embed.proj.weight.device
     self.num_classes, self.label_names = len(names), names
     self.label_tokens = nn.Parameter(torch.zeros(1, len(names), self.embed_dim, device=dev))
-    if names: trunc_normal_(self.label_tokens, std=self.label_init_std)
+    self.init_label_tokens()
     self.head = LabelHead(len(names), self.embed_dim, self.head_type).to(dev) if names else nn.Identity()
     for b in self.lt_modules(): b.num_labels = len(names)
     n_img = self.patch_embed.num_patches + self.num_prefix_tokens
@@ -370,7 +376,7 @@ def prune_intermediate_layers(self: LTViT, indices: int | list[int] = 1, prune_n
 def from_vit(cls: LTViT,
              vit: VisionTransformer,  # a timm ViT (any size, patch size, image size)
              label_names: Sequence[str] | int = NIH_LABELS,  # label names, or a number of labels
-             **lt_kwargs,  # `n2`, `label_attn`, `head`, `reuse_blocks`, `label_init_std`, `attn_impl`
+             **lt_kwargs,  # `n2`, `label_attn`, `head`, `reuse_blocks`, `label_init_std`, `label_init`, `attn_impl`
             ) -> 'LTViT':
     "The LT-ViT counterpart of `vit`: the same architecture and weights, plus label tokens and head."
     if type(vit) is not VisionTransformer:
@@ -386,6 +392,7 @@ def from_vit(cls: LTViT,
     bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith('head.'))] + list(unexpected)
     if bad: raise ValueError(f'from_vit could not rebuild this ViT; mismatched weights: {bad[:8]}')
     model.init_label_norms()
+    if model.label_init == 'cls': model.init_label_tokens()  # from the ViT's own CLS token
     return model.train(vit.training)
 
 # %% ../nbs/02_model.ipynb #f6cc22e5
@@ -396,10 +403,20 @@ def init_label_norms(self: LTViT):
         for b in self.lt_modules(): b.norm_label.load_state_dict(b.norm1.state_dict())
 
 @patch
+def init_label_tokens(self: LTViT):
+    "(Re)draw the label tokens: truncated normal (`label_init='random'`), or copies of the CLS embedding ('cls')."
+    if not self.num_classes: return
+    with torch.no_grad():
+        if self.label_init == 'cls':  # the CLS token as it enters the blocks: its parameter plus its position
+            cls = self.cls_token[0, 0] + (0 if self.no_embed_class else self.pos_embed[0, 0])
+            self.label_tokens.copy_(cls.expand(self.num_classes, -1)[None])
+        else: trunc_normal_(self.label_tokens, std=self.label_init_std)
+
+@patch
 def lt_config(self: LTViT) -> dict:
     "The LT-ViT arguments of this model (with `vit_config`, all that rebuilds it)."
     return dict(n2=self.n2, label_attn=self.label_attn, head=self.head_type, reuse_blocks=self.reuse_blocks,
-                label_init_std=self.label_init_std, attn_impl=self.attn_impl)
+                label_init_std=self.label_init_std, attn_impl=self.attn_impl, label_init=self.label_init)
 
 @patch
 def lt_modules(self: LTViT) -> list[LTBlock]:
@@ -659,7 +676,9 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
     if bad:
         raise ValueError(f'{name} lacks backbone weights the model needs: {bad[:8]}{" ..." if len(bad) > 8 else ""}')
     model.load_state_dict(to_load, strict=False)
-    if isinstance(model, LTViT): model.init_label_norms()  # label norms start as copies of the pre-trained norm1
+    if isinstance(model, LTViT):
+        model.init_label_norms()  # label norms start as copies of the pre-trained norm1
+        if model.label_init == 'cls': model.init_label_tokens()  # label tokens from the pre-trained CLS token
     report.loaded, report.new = sorted(to_load), sorted(missing)
     if verbose: print(report)
     return report

@@ -23,7 +23,7 @@ from .train import fast_auc
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',
-           'paired_auc_difference', 'difference_table', 'constant_table', 'Artefacts']
+           'paired_auc_difference', 'difference_table', 'constant_table', 'Artefacts', 'page_summary']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -350,3 +350,13 @@ def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResu
     )
     if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
     return paths
+
+# %% ../nbs/06b_results.ipynb #714019a6
+def page_summary(claim: str,  # the claim the page tests, one sentence
+                 preset_note: str,  # what this preset can and cannot show
+                 numbers: str | None,  # what the numbers say, written from them; None while runs are missing
+                ):
+    "The sentences a result page opens its figures with, as Markdown."
+    from IPython.display import Markdown
+    said = numbers or 'nothing yet: some runs are not finished (the report above names them and the command).'
+    return Markdown(f'**{claim}** {preset_note} **What the numbers say:** {said}')
