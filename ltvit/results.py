@@ -351,7 +351,7 @@ def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResu
     if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
     return paths
 
-# %% ../nbs/06b_results.ipynb #714019a6
+# %% ../nbs/06b_results.ipynb #e3f6d3d1
 def page_summary(claim: str,  # the claim the page tests, one sentence
                  preset_note: str,  # what this preset can and cannot show
                  numbers: str | None,  # what the numbers say, written from them; None while runs are missing
