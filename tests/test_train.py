@@ -112,6 +112,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     from ltvit.data import make_chexpert_like
     root = make_chexpert_like(tmp_path / 'chexpert', n_patients=40, size=48)
     args = dict(dataset='chexpert', data_dir=root, label_policy='ignore', img_size=32, batch_size=16, n2=1, n_boot=20, seed=3,
+                pretrained='none',
                 model='ltvit_tiny_patch16_224', model_args='patch_size:8,embed_dim:32,depth:2,num_heads:2', augment='none',
                 drop_path=0.0, epochs=2, workers=0, device='cpu')  # no stochastic depth: the processes draw differently
     one = subprocess.run(_cli(dict(args, out_dir=tmp_path / 'one')), capture_output=True, text=True)
@@ -149,6 +150,7 @@ def test_one_epoch_on_the_real_nih_sample(tmp_path, nih_sample):
     out = tmp_path / 'nih'
     pm.execute_notebook(str(NB), str(tmp_path / 'nih.ipynb'), cwd=str(NB.parent), kernel_name='python3', progress_bar=False,
                         parameters=dict(dataset='nih', data_dir=str(nih_sample), subset=True, model='ltvit_tiny_patch16_224',
+                                        pretrained='none',
                                         model_args='patch_size:16,depth:2', n2=1, img_size=64, epochs=1, batch_size=32, n_boot=50,
                                         workers=2, out_dir=str(out)))
     cfg = json.loads((out / 'config.json').read_text())
@@ -168,7 +170,7 @@ def test_chexpert_run_names_its_labels_everywhere(tmp_path):
     from ltvit.train import TrainConfig, train
     root = make_chexpert_like(tmp_path / 'chexpert', n_patients=24, size=48)
     out = tmp_path / 'run'
-    train(TrainConfig(dataset='chexpert', data_dir=str(root), img_size=32, epochs=1, batch_size=8, n2=1, n_boot=20,
+    train(TrainConfig(dataset='chexpert', data_dir=str(root), img_size=32, epochs=1, batch_size=8, n2=1, n_boot=20, pretrained='none',
                       model='ltvit_tiny_patch16_224', model_args=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5),
                       augment='none', workers=0, out_dir=str(out)), verbose=False)
     assert checkpoint_metadata(out / 'best.safetensors')['label_names'] == list(CHEXPERT_5)
