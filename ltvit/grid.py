@@ -114,19 +114,21 @@ def run_state(grid: Grid, name: str, root: str | Path) -> str:
             return 'stale'
     return 'finished' if (d / 'metrics.json').is_file() else 'broken'
 
-def run_code(folder: Path) -> tuple[str | None, str]:
+def run_code(folder: Path, current: str | None = None  # this checkout's `code_version()` (computed if not given)
+            ) -> tuple[str | None, str]:
     "The commit a finished run recorded, and whether its library code is this checkout's: 'current', 'other' or '?'."
     cfg = folder / 'config.json'
     rec = json.loads(cfg.read_text()) if (folder / 'metrics.json').is_file() and cfg.is_file() else {}
     code = rec.get('code_version')
-    return rec.get('git_commit'), '?' if code is None else ('current' if code == code_version() else 'other')
+    if code is None: return rec.get('git_commit'), '?'
+    return rec.get('git_commit'), 'current' if code == (current or code_version()) else 'other'
 
 def run_status(grid: Grid, root: str | Path) -> pd.DataFrame:
     "One row per run: name, id, kind, status (`run_state`), the commit and code version it was made with, folder, tags."
-    rows = []
+    rows, current = [], code_version()  # hashed once, not once per run
     for n in grid.order():
         d, st = grid.folder(n, root), run_state(grid, n, root)
-        commit, code = run_code(d) if st == 'finished' else (None, '')
+        commit, code = run_code(d, current) if st == 'finished' else (None, '')
         rows.append({'name': n, 'id': grid.id(n), 'kind': grid.runs[n].kind, 'status': st, 'code': code,
                      'commit': commit, 'folder': str(d),
                      'tags': '; '.join(', '.join(f'{k}={v}' for k, v in t.items()) for t in grid.runs[n].tags)})

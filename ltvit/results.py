@@ -284,8 +284,9 @@ class Artefacts:
                 for r in sorted(runs, key=lambda r: r.id)}
 
     def _meta(self, kind: str, name: str, caption: str, runs, files, **extra) -> dict:
+        # 'missing' is always empty: an artefact is saved only once every run behind it is finished
         return {'kind': kind, 'name': name, 'notebook': self.notebook, 'preset': self.grid.preset, 'caption': caption,
-                'files': sorted(files), 'runs': self._provenance(runs), **extra}
+                'files': sorted(files), 'runs': self._provenance(runs), 'missing': [], **extra}
 
 # %% ../nbs/06b_results.ipynb #cae30c79
 @patch
@@ -312,8 +313,7 @@ def table(self: Artefacts, t: ResultTable, caption: str) -> dict[str, Path]:
         .to_latex(index=False, caption=cap.replace('*', '').replace('`', ''), label=f'tab:{t.name}'),
     )
     cells = {str(i): {str(c): list(t.sources.loc[i, c]) for c in t.sources.columns} for i in t.sources.index}
-    meta = self._meta('table', t.name, cap, t.runs.values(), [p.name for p in paths.values()], cells=cells,
-                      missing=[r.name for r in t.missing], command=t.command() if t.missing else None)
+    meta = self._meta('table', t.name, cap, t.runs.values(), [p.name for p in paths.values()], cells=cells)
     paths['json'] = self.tables / f'{t.name}.json'
     write_json(paths['json'], meta, sort_keys=True)
     if self.show: display(Markdown(md)); display(Markdown(cap))
@@ -345,7 +345,7 @@ def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResu
     paths['json'] = self.figures / f'{name}.json'
     write_json(
         paths['json'],
-        self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json'], missing=[]),
+        self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json']),
         sort_keys=True,
     )
     if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
