@@ -18,25 +18,31 @@ import numpy as np
 import pandas as pd
 import timm
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cache import cache_dataset
 from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, repo_root, write_json
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
-from .interpret import attention_maps, compare_localisation, dataset_boxes, gradcam_maps
+from .interpret import attention_maps, choose_gradcam_layer, compare_localisation, dataset_boxes, gradcam_maps
 from .model import load_model
+from .pretrain import standin_file
 from .synthetic import make_synthetic, synthetic_to_chexpert
 from .train import TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
-__all__ = ['INITS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS',
-           'make_grid', 'synthetic_data_task', 'cache_task', 'export_weights_task', 'localisation_task', 'time_models',
-           'speed_task', 'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'load_grid',
-           'paper_dir', 'run_paper_notebooks', 'main']
+__all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES',
+           'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid', 'synthetic_data_task', 'cache_task', 'localisation_task',
+           'time_models', 'speed_task', 'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir',
+           'load_grid', 'paper_dir', 'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
+STANDINS = {'ImageNet': 'supervised', 'DINO': 'dino', 'MAE': 'mae'}  # quick/tiny presets: init -> stand-in method
+STANDIN_DESCRIPTIONS = {
+    'supervised': 'supervised regression of phantom attributes (not findings), timm state dict',
+    'dino': 'DINO self-distillation on phantoms, DINO checkpoint (teacher loaded)',
+    'mae': 'MAE masked reconstruction on phantoms, MAE checkpoint (encoder loaded)',
+}
 VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or training parameters (TrainConfig fields)
     'no label-label attention': {'label_attn': False},
     'one shared linear head': {'head': 'shared'},
@@ -51,23 +57,27 @@ PRESETS: dict[str, dict] = {
                     'GPUs',
         data='real', size='small', model_args='', img_size=224, epochs=75, batch_size=256, lr=None,
         augment='rand-m6-mstd0.5', drop_path=0.2, workers=8, preload=False, n2=4, n2_grid=(1, 2, 4, 6, 8, 12),
-        main_init='ImageNet', n_boot=1000,
+        main_init='ImageNet', n_boot=1000, seeds=3,
         weights={'ImageNet': ('deit_small_patch16_224.fb_in1k', 'small'),
                  'DINO': ('vit_small_patch16_224.dino', 'small'), 'MAE': ('vit_base_patch16_224.mae', 'base')},
-        loc_images=880, n_examples=6, speed=dict(batch=64, reps=20)),
+        loc_images=880, loc_val_images=300, n_examples=6, speed=dict(batch=64, reps=20)),
     'quick': dict(
-        description='synthetic phantoms at 64 px, a 4-block ViT (width 96), 12 epochs, stand-in pre-trained weights; '
-                    'CPU',
-        data='synthetic', size='tiny', model_args='embed_dim:96,depth:4,num_heads:3', img_size=64, epochs=12,
-        batch_size=32, lr=1.5e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=2, n2_grid=(1, 2, 3, 4),
-        main_init='ImageNet', n_boot=1000, patients=600, pretrain_patients=1500, pretrain_epochs=30, weights=None,
-        loc_images=200, n_examples=6, speed=dict(batch=32, reps=5)),
+        description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 8-px patches), 10 epochs, three stand-in '
+                    'pre-trainings, 3 seeds; CPU',
+        data='synthetic', size='tiny', model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', img_size=64,
+        epochs=10, batch_size=32, lr=1.5e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=2,
+        n2_grid=(1, 2, 3, 4), main_init='ImageNet', n_boot=1000, seeds=3, patients=600, weights=None,
+        pretrain=dict(images=3000, batch_size=64, epochs={'supervised': 20, 'dino': 8, 'mae': 30},
+                      lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3}),
+        loc_images=200, loc_val_images=100, n_examples=6, speed=dict(batch=32, reps=5)),
     'tiny': dict(
-        description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch; CPU',
-        data='synthetic', size='tiny', model_args='embed_dim:48,depth:2,num_heads:2', img_size=32, epochs=1,
-        batch_size=16, lr=1e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=1, n2_grid=(1, 2),
-        main_init='ImageNet', n_boot=50, patients=50, pretrain_patients=50, pretrain_epochs=1, weights=None,
-        loc_images=8, n_examples=2, speed=dict(batch=4, reps=1)),
+        description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; CPU',
+        data='synthetic', size='tiny', model_args='embed_dim:48,depth:2,num_heads:2,patch_size:8', img_size=32,
+        epochs=1, batch_size=16, lr=1e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=1,
+        n2_grid=(1, 2), main_init='ImageNet', n_boot=50, seeds=2, patients=50, weights=None,
+        pretrain=dict(images=64, batch_size=32, epochs={'supervised': 1, 'dino': 1, 'mae': 1},
+                      lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3}),
+        loc_images=8, loc_val_images=8, n_examples=2, speed=dict(batch=4, reps=1)),
 }
 
 # %% ../nbs/06a_experiments.ipynb #6a406ef1
@@ -83,42 +93,24 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
     syn = dict(n_patients=P['patients'], img_size=P['img_size'])
     g.add(Run('data-nih', dict(syn, seed=0, schema='nih'), 'task', 'ltvit.experiments:synthetic_data_task'))
     g.add(Run('data-chexpert', dict(syn, seed=2, schema='chexpert'), 'task', 'ltvit.experiments:synthetic_data_task'))
-    g.add(Run('data-pretrain', dict(syn, n_patients=P['pretrain_patients'], seed=1, schema='nih'), 'task',
-              'ltvit.experiments:synthetic_data_task'))
     data = {
         'nih': dict(dataset='synthetic', data_dir='{run:data-nih}', synthetic_patients=P['patients'], synthetic_seed=0),
         'chexpert': dict(
             dataset='chexpert', data_dir='{run:data-chexpert}', chexpert_labels='chexpert5', label_policy='mixed'
         ),
     }
-    g.add(
-        Run(
-            'pretrain',
-            dict(
-                base,
-                **{
-                    **data['nih'],
-                    'data_dir': '{run:data-pretrain}',
-                    'synthetic_seed': 1,
-                    'synthetic_patients': P['pretrain_patients'],
-                },
-                epochs=P['pretrain_epochs'],
-                model='vit_tiny_patch16_224',
-                model_args=P['model_args']
-            ),
-            tags=[{'role': 'stand-in pre-training'}],
-        )
-    )
-    layouts = {'ImageNet': 'timm', 'DINO': 'dino', 'MAE': 'mae'}
+    pre = P['pretrain']
+    g.add(Run('pretrain-images', dict(n=pre['images'], seed=1, img_size=P['img_size']), 'task',
+              'ltvit.pretrain:pretrain_images_task'))
     weights = {}
-    for init, layout in layouts.items():
-        g.add(Run(f'weights-{init}', dict(source='{run:pretrain}/best.safetensors', layout=layout), 'task',
-                  'ltvit.experiments:export_weights_task'))
-        weights[init] = (
-            f'{{run:weights-{init}}}/{"weights.safetensors" if layout == "timm" else "checkpoint.pth"}',
-            P['size'],
-            f'stand-in: supervised pre-training on disjoint phantoms, {layout} checkpoint layout',
-        )
+    for init, method in STANDINS.items():
+        epochs = pre['epochs'][method]
+        g.add(Run(f'pretrain-{init}', dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
+                                           model_args=P['model_args'], img_size=P['img_size'], epochs=epochs,
+                                           batch_size=pre['batch_size'], lr=pre['lr'][method], seed=0),
+                  'task', 'ltvit.pretrain:pretrain_task', tags=[{'role': 'stand-in pre-training', 'init': init}]))
+        weights[init] = (f'{{run:pretrain-{init}}}/{standin_file(method, epochs)}', P['size'],
+                         f'stand-in: {STANDIN_DESCRIPTIONS[method]}')
     return data, weights
 
 def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
@@ -166,41 +158,35 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
     data, weights = (_synthetic_inputs(g, P, base) if synthetic else _real_inputs(g, P, nih_dir, chexpert_dir))
     weights['random'] = ('none', P['size'], 'random initialisation')
 
-    def train_run(ds, arch, init, n2=None, variant=None, tags=()):
+    def train_run(ds, arch, init, n2=None, variant=None, tags=(), seed=0):
         w, size, source = weights[init]
         change = VARIANTS.get(variant, {})
         train_args = {k: v for k, v in change.items() if k in TrainConfig.parameter_names()}
         extra = [f'{k}:{v}' for k, v in change.items() if k not in train_args]
         margs = ','.join(a for a in [P['model_args'], *extra] if a)
         params = dict(base, **data[ds], model=f'{arch}_{size}_patch16_224', model_args=margs, pretrained=w,
-                      **train_args)
+                      **train_args, seed=seed)
         if arch == 'ltvit': params['n2'] = n2 or P['n2']
         if arch == 'vit' and init == 'MAE': params['vit_pool'] = 'avg'  # MAE weights are fine-tuned with avg pooling
         name = (
             f'{ds}-{arch}-{init}'
             + (f'-n2_{n2}' if n2 and n2 != P['n2'] else '')
             + (f'-{variant.replace(" ", "_")}' if variant else '')
+            + (f'-seed{seed}' if seed else '')
         )
         after = [] if synthetic else [f'cache-{ds}']
         return g.add(Run(name, params, tags=[dict(t, weights=source) for t in tags], after=after))
 
-    main = P['main_init']
-    for ds in ('nih', 'chexpert'):
-        for arch in ('vit', 'ltvit'):
-            train_run(
-                ds,
-                arch,
-                main,
-                tags=[{'table': 'main', 'dataset': names[ds], 'model': MODEL_NAMES[arch], 'init': main}],
-            )
-    for init in INITS:
-        for arch in ('vit', 'ltvit'):
-            train_run(
-                'nih',
-                arch,
-                init,
-                tags=[{'table': 'init', 'dataset': names['nih'], 'model': MODEL_NAMES[arch], 'init': init}],
-            )
+    main, seeds = P['main_init'], range(P['seeds'])
+    for seed in seeds:  # the main and initialisation tables: every cell trained with each seed
+        for ds in ('nih', 'chexpert'):
+            for arch in ('vit', 'ltvit'):
+                tag = {'table': 'main', 'dataset': names[ds], 'model': MODEL_NAMES[arch], 'init': main, 'seed': seed}
+                train_run(ds, arch, main, tags=[tag], seed=seed)
+        for init in INITS:
+            for arch in ('vit', 'ltvit'):
+                tag = {'table': 'init', 'dataset': names['nih'], 'model': MODEL_NAMES[arch], 'init': init, 'seed': seed}
+                train_run('nih', arch, init, tags=[tag], seed=seed)
     for n2 in P['n2_grid']:
         train_run('nih', 'ltvit', main, n2=n2, tags=[{'table': 'ablation', 'variant': f'n2={n2}', 'n2': n2,
                                                       'default': n2 == P['n2']}])
@@ -223,7 +209,8 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         ],
     )
     g.add(Run('localisation', dict(lt_run='{run:nih-ltvit-' + main + '}', vit_run='{run:nih-vit-' + main + '}',
-                                   max_images=P['loc_images'], n_examples=P['n_examples']), 'task',
+                                   max_images=P['loc_images'], val_images=P['loc_val_images'],
+                                   n_examples=P['n_examples'], n_boot=P['n_boot']), 'task',
               'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
     g.add(
         Run(
@@ -264,30 +251,6 @@ def cache_task(out: Path, dataset: str, data_dir: str | None, img_size: int) -> 
     path = cache_dataset(dataset, root, img_size)
     return {'cache': str(path), 'images': json.loads((path / 'meta.json').read_text())['n']}
 
-# %% ../nbs/06a_experiments.ipynb #52eacdc2
-def export_weights_task(out: Path, source: str, layout: str) -> dict:
-    "Write the backbone weights of `source` (a `save_model` file) in the `layout` 'timm', 'dino' or 'mae'."
-    sd = {k: v for k, v in load_file(source).items() if not k.startswith('head')}
-    out = Path(out)
-    if layout == 'timm':
-        path = out / 'weights.safetensors'; save_file(sd, str(path))
-    elif layout == 'dino':
-        path = out / 'checkpoint.pth'
-        torch.save({'teacher': {f'backbone.{k}': v for k, v in sd.items()},
-                    'student': {f'module.backbone.{k}': v for k, v in sd.items()}, 'epoch': 0}, path)
-    elif layout == 'mae':
-        dim = sd['cls_token'].shape[-1]
-        path = out / 'checkpoint.pth'
-        torch.save(
-            {
-                'model': {**sd, 'mask_token': torch.zeros(1, 1, dim), 'decoder_embed.weight': torch.zeros(dim, dim)},
-                'epoch': 0,
-            },
-            path,
-        )
-    else: raise ValueError(f"layout={layout!r}: expected 'timm', 'dino' or 'mae'.")
-    return {'file': path.name, 'layout': layout, 'source': source, 'tensors': len(sd)}
-
 # %% ../nbs/06a_experiments.ipynb #6dc32fac
 def _trained(run: str | Path):
     "The best model of a finished training run, and its resolved config."
@@ -295,21 +258,49 @@ def _trained(run: str | Path):
     cfg = json.loads((run / 'config.json').read_text())['config']
     return load_model(run / 'best.safetensors').eval(), TrainConfig(**cfg)
 
-def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 200, n_examples: int = 6) -> dict:
-    "Pointing game and energy in box of LT-ViT attention, Grad-CAM on LT-ViT and on the ViT, against random maps."
+class _Rows:
+    "Some rows of a data set, with what `dataset_boxes` and `compare_localisation` read (root, table, labels)."
+    def __init__(self, ds, rows):
+        self.ds, self.rows = ds, list(rows)
+        self.root, self.labels, self.name = ds.root, ds.labels, f'{ds.name} (part)'
+        self.table = ds.table.iloc[self.rows].reset_index(drop=True)
+    def __len__(self): return len(self.rows)
+    def __getitem__(self, i): return self.ds[self.rows[i]]
+
+def _layer_split(val, test, seed: int = 0) -> tuple[object, object, str]:
+    "Where the Grad-CAM layer is chosen and where methods are scored: validation boxes, else disjoint test halves."
+    if dataset_boxes(val, val[0]['image'].shape[-1]): return val, test, 'validation boxes'
+    rows = sorted(dataset_boxes(test, test[0]['image'].shape[-1]))
+    if len(rows) < 2: raise ValueError(f'{test.name}: fewer than two boxed images; cannot choose a Grad-CAM layer.')
+    pick = set(np.random.default_rng(seed).permutation(rows)[:len(rows) // 2].tolist())
+    part = lambda want: _Rows(test, [i for i in range(len(test)) if (i in pick) == want])
+    return part(True), part(False), 'half of the boxed test images (no validation boxes); scored on the other half'
+
+def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 200, n_examples: int = 6,
+                      val_images: int = 100, n_boot: int = 1000) -> dict:
+    "Localisation of LT-ViT attention, Grad-CAM on LT-ViT and on the ViT (layers chosen on validation), random maps."
     lt, cfg = _trained(lt_run); vit, vcfg = _trained(vit_run)
     if (cfg.dataset, cfg.data_dir) != (vcfg.dataset, vcfg.data_dir):
         raise ValueError(f'{lt_run} and {vit_run} used different data.')
-    test = build_datasets(cfg, verbose=False)[0]['test']
-    table, scores = compare_localisation(lt, test, baseline=vit, max_images=max_images)
+    ds = build_datasets(cfg, verbose=False)[0]
+    choose_on, test, chosen_on = _layer_split(ds['val'], ds['test'])
+    layers, search = {}, []
+    for who, m in (('LT-ViT', lt), ('ViT', vit)):
+        layers[who], tab = choose_gradcam_layer(m, choose_on, max_images=val_images)
+        search.append(tab.reset_index().assign(model=who))
+    res = compare_localisation(lt, test, baseline=vit, max_images=max_images, layers=layers)
+    table, scores = res.table, res.scores
     out = Path(out)
     atomic_write(out / 'localisation.csv', table.reset_index(names='label').to_csv(index=False))
+    atomic_write(out / 'intervals.csv', res.intervals(n_boot).reset_index().to_csv(index=False))
+    atomic_write(out / 'layer_search.csv', pd.concat(search).to_csv(index=False))
     atomic_write(out / 'scores.csv', pd.concat([s.assign(method=m) for m, s in scores.items()]).to_csv(index=False))
     size = test[0]['image'].shape[-1]
     boxes = dataset_boxes(test, size)
     pick = sorted(boxes)[:n_examples]  # the first test images that have a box
     x = torch.stack([test[i]['image'] for i in pick])
-    att, probs = attention_maps(lt, x); cam_lt, _ = gradcam_maps(lt, x); cam_vit, probs_vit = gradcam_maps(vit, x)
+    att, probs = attention_maps(lt, x)
+    cam_lt, _ = gradcam_maps(lt, x, layer=layers['LT-ViT']); cam_vit, probs_vit = gradcam_maps(vit, x, layer=layers['ViT'])
     np.savez_compressed(
         out / 'examples.npz',
         images=x.numpy().astype(np.float16),
@@ -325,6 +316,7 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     write_json(out / 'example_boxes.json', {str(k): boxes[i] for k, i in enumerate(pick)})
     o = table.loc['overall']
     return {'pairs': int(o['random n']), 'images': len({r for r in scores['random']['image']}),
+            'gradcam_layers': layers, 'layers_chosen_on': chosen_on,
             **{f'{c}': float(o[c]) for c in table.columns if not c.endswith(' n')}}
 
 # %% ../nbs/06a_experiments.ipynb #535eeb40

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 import pandas as pd
 import torch
@@ -19,8 +22,9 @@ from .data import read_nih_boxes
 from .model import LTViT
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'METHOD_NAMES', 'attention_maps', 'gradcam_maps', 'label_maps', 'plot_maps', 'box_mask',
-           'localisation_scores', 'random_maps', 'summarise_localisation', 'dataset_boxes', 'compare_localisation']
+__all__ = ['CAM_METHODS', 'METHOD_NAMES', 'attention_maps', 'gradcam_layers', 'gradcam_maps', 'label_maps', 'plot_maps',
+           'box_mask', 'localisation_scores', 'random_maps', 'summarise_localisation', 'localisation_intervals',
+           'label_specificity', 'dataset_boxes', 'LocalisationResult', 'compare_localisation', 'choose_gradcam_layer']
 
 # %% ../nbs/04_interpret.ipynb #377ad6aa
 def _upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -66,20 +70,30 @@ def _vit_reshape(model):
         return t.reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
     return reshape
 
+def gradcam_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    "Grad-CAM target layers of a ViT or LT-ViT by name: every block's `norm1`, in depth order (the last is the default)."
+    out = {f'blocks.{i}.norm1': b.norm1 for i, b in enumerate(model.blocks)}
+    lt = getattr(model, 'lt_blocks', None)
+    if lt is not None: out.update({f'lt_blocks.{i}.norm1': b.norm1 for i, b in enumerate(lt) if hasattr(b, 'norm1')})
+    return out
+
 def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
                  x: torch.Tensor,  # images `(B, 3, H, W)`
                  method: str = 'gradcam',  # 'gradcam' or 'gradcam++'
                  normalise: bool = True,
+                 layer: str | None = None,  # a name from `gradcam_layers` (None: the last)
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-label Grad-CAM maps `(B, C, H, W)` (grad-cam package; one backward per label) and probabilities."
     if method not in CAM_METHODS: raise ValueError(f'Unknown method {method!r}; expected one of {sorted(CAM_METHODS)}.')
+    layers = gradcam_layers(model)
+    if layer is not None and layer not in layers:
+        raise ValueError(f'layer={layer!r} is not a Grad-CAM layer of this model; expected one of {list(layers)}.')
+    layer = layers[layer if layer is not None else list(layers)[-1]]
     was_training = model.training
     model.eval()
     with torch.no_grad(): probs = torch.sigmoid(model(x))
     C = probs.shape[1]
     out = []
-    layer = model.blocks[-1].norm1
-    if getattr(model, 'lt_blocks', None) is not None: layer = model.lt_blocks[-1].norm1
     with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=_vit_reshape(model)) as cam:
         for c in range(C):
             out.append(torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c)] * len(x))))
@@ -87,11 +101,11 @@ def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
     maps = torch.stack(out, 1).float()  # (B, C, H, W), each in [0, 1]
     return (_normalise(maps + 1e-12) if normalise else maps), probs
 
-def label_maps(model, x, method: str = 'attention') -> tuple[torch.Tensor, torch.Tensor]:
-    "One interface for every map: 'attention', 'attention_mean' (LT-ViT only), 'gradcam', 'gradcam++'."
+def label_maps(model, x, method: str = 'attention', layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "One interface for every map: 'attention', 'attention_mean' (LT-ViT only), 'gradcam', 'gradcam++' (at `layer`)."
     if method == 'attention': return attention_maps(model, x, 'last')
     if method == 'attention_mean': return attention_maps(model, x, 'mean')
-    return gradcam_maps(model, x, method)
+    return gradcam_maps(model, x, method, layer=layer)
 
 # %% ../nbs/04_interpret.ipynb #3d8a2c9e
 def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the model saw them)
@@ -201,6 +215,46 @@ def summarise_localisation(scores: dict[str, pd.DataFrame]) -> pd.DataFrame:
         out.append(per.add_prefix(f'{meth} '))
     return pd.concat(out, axis=1)
 
+# %% ../nbs/04_interpret.ipynb #3f57789e
+def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
+                           n_boot: int = 1000, seed: int = 0,
+                          ) -> pd.DataFrame:
+    "Overall pointing game and energy in box per method, with 95% intervals from a bootstrap over images."
+    images = sorted(set().union(*(set(df['image']) for df in scores.values())))
+    if not images: raise ValueError('No scored (image, label) pairs.')
+    pos = {im: k for k, im in enumerate(images)}
+    draws = np.random.default_rng(seed).integers(0, len(images), size=(n_boot, len(images)))
+    counts = np.stack([np.bincount(d, minlength=len(images)) for d in draws])  # (n_boot, images)
+    rows = {}
+    for meth, df in scores.items():
+        k = df['image'].map(pos).to_numpy()
+        n = np.bincount(k, minlength=len(images)).astype(float)
+        row = {'pairs': len(df), 'images': int((n > 0).sum())}
+        for col in ('pointing', 'energy'):
+            s = np.bincount(k, weights=df[col].to_numpy(float), minlength=len(images))
+            boot = (counts @ s) / np.maximum(counts @ n, 1e-12)
+            row.update({col: float(s.sum() / n.sum()), f'{col} low': float(np.percentile(boot, 2.5)),
+                        f'{col} high': float(np.percentile(boot, 97.5))})
+        rows[meth] = row
+    cols = ['pointing', 'pointing low', 'pointing high', 'energy', 'energy low', 'energy high', 'pairs', 'images']
+    return pd.DataFrame.from_dict(rows, orient='index')[cols].rename_axis('method')
+
+def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image
+                      grid: tuple[int, int] | None = None,  # the patch grid peaks are compared on (None: pixels)
+                     ) -> pd.DataFrame:
+    "Per image: mean correlation between the maps of two different labels, and the share of label pairs peaking together."
+    B, C = maps.shape[:2]
+    if C < 2: raise ValueError('label_specificity needs maps of at least two labels.')
+    flat = maps.flatten(2).double()
+    z = flat - flat.mean(-1, keepdim=True)
+    z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = z @ z.transpose(1, 2)  # (B, C, C) Pearson correlations
+    off = ~torch.eye(C, dtype=torch.bool)
+    pooled = F.adaptive_avg_pool2d(maps.float(), grid).flatten(2) if grid else maps.flatten(2)
+    peak = pooled.argmax(-1)  # (B, C)
+    same = (peak[:, :, None] == peak[:, None, :])
+    return pd.DataFrame({'map correlation': r[:, off].mean(1).numpy(), 'same peak': same[:, off].float().mean(1).numpy()})
+
 # %% ../nbs/04_interpret.ipynb #4fcac79d
 def dataset_boxes(ds, size: int) -> dict:
     "Boxes of a loader's images, keyed by row index, scaled to `size` px: {i: [(label, x, y, w, h)]}."
@@ -218,30 +272,78 @@ METHOD_NAMES = {
     'gradcam++': 'Grad-CAM++',
 }
 
+@dataclass
+class LocalisationResult:
+    "What `compare_localisation` measured: per-label table, per-pair scores, per-image specificity, layers used."
+    table: pd.DataFrame  # per label and overall: '<method> pointing', '<method> energy', '<method> n'
+    scores: dict[str, pd.DataFrame]  # method -> one row per (image, label) with a box
+    specificity: dict[str, pd.DataFrame]  # method -> one row per image: 'map correlation', 'same peak'
+    layers: dict[str, str] = field(default_factory=dict)  # model ('LT-ViT', 'ViT') -> its Grad-CAM layer
+
+    def intervals(self, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+        "Per method: pointing game, energy in box and specificity, each with a 95% bootstrap interval over images."
+        out = localisation_intervals(self.scores, n_boot, seed)
+        spec = {m: df.assign(image=range(len(df)), pointing=df['map correlation'], energy=df['same peak'])
+                for m, df in self.specificity.items()}
+        sp = localisation_intervals(spec, n_boot, seed)
+        sp.columns = [c.replace('pointing', 'map correlation').replace('energy', 'same peak') for c in sp.columns]
+        return out.join(sp.drop(columns=['pairs', 'images']))
+
+def _boxed_rows(ds, max_images: int) -> tuple[list[int], dict, int]:
+    size = ds[0]['image'].shape[-1]
+    allboxes = dataset_boxes(ds, size)
+    rows = sorted(allboxes)[:max_images]
+    if not rows: raise ValueError(f'{ds.name}: no image of this split has a box.')
+    return rows, allboxes, size
+
 def compare_localisation(model: LTViT,  # a trained LT-ViT
                          ds,  # a data set with boxes (NIH layout: synthetic or NIH), eval transform
                          baseline: torch.nn.Module | None = None,  # a trained plain ViT on the same labels
                          methods: Sequence[str] = ('attention', 'gradcam'),
                          max_images: int = 64, batch_size: int = 16, seed: int = 0,
-                        ) -> tuple[pd.DataFrame, dict]:
-    "Localisation table (per label and overall) of every method on up to `max_images` boxed images, and raw scores."
-    size = ds[0]['image'].shape[-1]
-    allboxes = dataset_boxes(ds, size)
-    rows = sorted(allboxes)[:max_images]
-    if not rows: raise ValueError(f'{ds.name}: no image of this split has a box.')
+                         layers: dict[str, str] | None = None,  # Grad-CAM layer per model ('LT-ViT', 'ViT'); else last
+                        ) -> LocalisationResult:
+    "Localisation of every method on up to `max_images` boxed images: scores, table, label specificity."
+    rows, allboxes, size = _boxed_rows(ds, max_images)
     name = lambda m: METHOD_NAMES.get(m, m)
-    runs = [(f'LT-ViT {name(m)}', model, m) for m in methods] + (
-        [(f'ViT {name(m)}', baseline, m) for m in methods if m.startswith('gradcam')] if baseline is not None else [])
-    parts = {name: [] for name, _, _ in runs} | {'random': []}
+    models = {'LT-ViT': model, **({'ViT': baseline} if baseline is not None else {})}
+    layers = {k: (layers or {}).get(k) or list(gradcam_layers(m))[-1] for k, m in models.items()}
+    runs = [(f'LT-ViT {name(m)}', 'LT-ViT', m) for m in methods] + (
+        [(f'ViT {name(m)}', 'ViT', m) for m in methods if m.startswith('gradcam')] if baseline is not None else [])
+    parts = {n: [] for n, _, _ in runs} | {'random': []}
+    spec = {n: [] for n in parts}
+    grid = tuple(model.patch_embed.grid_size)
     for k in range(0, len(rows), batch_size):  # each batch is loaded once and serves every method
         chunk = rows[k:k + batch_size]
         x = torch.stack([ds[i]['image'] for i in chunk])
         bx = {n: allboxes[i] for n, i in enumerate(chunk)}
-        maps = {name: label_maps(mdl, x, meth)[0] for name, mdl, meth in runs}
+        maps = {n: label_maps(models[who], x, meth, layers[who])[0] for n, who, meth in runs}
         maps['random'] = random_maps((len(chunk), len(ds.labels), size, size), seed + k)
-        for name, mp in maps.items():
-            parts[name].append(
+        for n, mp in maps.items():
+            parts[n].append(
                 localisation_scores(mp, bx, ds.labels).assign(image=lambda d: d['image'].map(dict(enumerate(chunk))))
             )
-    scores = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
-    return summarise_localisation(scores), scores
+            if len(ds.labels) > 1: spec[n].append(label_specificity(mp, grid).assign(image=chunk))
+    scores = {n: pd.concat(p, ignore_index=True) for n, p in parts.items()}
+    specificity = {n: pd.concat(p, ignore_index=True) for n, p in spec.items() if p}
+    return LocalisationResult(summarise_localisation(scores), scores, specificity, layers)
+
+def choose_gradcam_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
+                         ds,  # a split with boxes that is not the one scored (validation)
+                         max_images: int = 100, batch_size: int = 16, method: str = 'gradcam',
+                         candidates: Sequence[str] | None = None,  # layer names (default: every `gradcam_layers`)
+                        ) -> tuple[str, pd.DataFrame]:
+    "The Grad-CAM layer with the best pointing game on `ds`'s boxes (ties: energy), and every candidate's scores."
+    rows, allboxes, _ = _boxed_rows(ds, max_images)
+    candidates = list(candidates or gradcam_layers(model))
+    parts = {c: [] for c in candidates}
+    for k in range(0, len(rows), batch_size):
+        chunk = rows[k:k + batch_size]
+        x = torch.stack([ds[i]['image'] for i in chunk])
+        bx = {n: allboxes[i] for n, i in enumerate(chunk)}
+        for c in candidates: parts[c].append(localisation_scores(gradcam_maps(model, x, method, layer=c)[0], bx, ds.labels))
+    table = pd.DataFrame({c: pd.concat(p)[['pointing', 'energy']].mean() for c, p in parts.items()}).T
+    table['pairs'] = [sum(len(d) for d in parts[c]) for c in candidates]
+    best = max(candidates, key=lambda c: (table.loc[c, 'pointing'], table.loc[c, 'energy']))
+    table['chosen'] = table.index == best
+    return best, table.rename_axis('layer')

@@ -23,7 +23,8 @@ from .train import fast_auc
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',
-           'paired_auc_difference', 'difference_table', 'constant_table', 'Artefacts', 'page_summary']
+           'paired_auc_difference', 'difference_table', 'seed_runs', 'seed_table', 'seed_difference_table',
+           'constant_table', 'Artefacts', 'page_summary']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -169,14 +170,17 @@ def run_table(grid: Grid, root: str | Path, name: str,
 
 def per_class_table(grid: Grid, root: str | Path, name: str, select: dict, column: str | Sequence[str],
                     metric: str = 'per_class_auc', scale: float = 100.0, formats: str = '.1f') -> ResultTable:
-    "One row per label, one column per selected run (named by the tag field(s) `column`)."
+    "One row per label, one column per value of the tag field(s) `column`: runs sharing a column (seeds) are averaged."
     runs = collect(grid, root, **select)
-    cols = [(r.tag[column] if isinstance(column, str) else ' '.join(str(r.tag[c]) for c in column)) for r in runs]
+    key = lambda r: r.tag[column] if isinstance(column, str) else ' '.join(str(r.tag[c]) for c in column)
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs: groups.setdefault(key(r), []).append(r)
     labels = next((list(r.metrics[metric]) for r in runs if r.finished), [])
-    values = pd.DataFrame({c: [(r.metrics[metric][l] * scale if r.finished else float('nan')) for l in labels]
-                           for c, r in zip(cols, runs)}, index=pd.Index(labels, name='label'))
-    sources = pd.DataFrame({c: [(r.name,)] * len(labels) for c, r in zip(cols, runs)}, index=values.index)
-    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict.fromkeys(cols, formats))
+    values = pd.DataFrame({c: [(np.mean([r.metrics[metric][l] * scale for r in rs]) if all(r.finished for r in rs)
+                                else float('nan')) for l in labels] for c, rs in groups.items()},
+                          index=pd.Index(labels, name='label'))
+    sources = pd.DataFrame({c: [tuple(r.name for r in rs)] * len(labels) for c, rs in groups.items()}, index=values.index)
+    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict.fromkeys(groups, formats))
 
 def task_table(grid: Grid, root: str | Path, name: str, run: RunResult, values: pd.DataFrame | None,
                formats: dict | None = None, columns: Sequence[str] = ()) -> ResultTable:
@@ -186,26 +190,39 @@ def task_table(grid: Grid, root: str | Path, name: str, run: RunResult, values: 
     return ResultTable(name, values, sources, {run.name: run}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #7dbaf790
+def _predictions(run: RunResult) -> tuple[pd.Series, np.ndarray, np.ndarray, list[str]]:
+    "A finished run's test predictions: image ids, targets `(N, C)`, probabilities `(N, C)`, label names."
+    p = pd.read_csv(run.folder / 'predictions.csv')
+    labels = [c[5:] for c in p.columns if c.startswith('true_')]
+    return p['id'], p[[f'true_{l}' for l in labels]].to_numpy(bool), p[[f'prob_{l}' for l in labels]].to_numpy(float), labels
+
+def _aligned(runs: Sequence[RunResult]) -> tuple[np.ndarray, list[np.ndarray]]:
+    "The targets and every run's probabilities on the same test images, in the first run's order."
+    ids, y, s0, _ = _predictions(runs[0])
+    scores = [s0]
+    for r in runs[1:]:
+        ids_r, y_r, s_r, _ = _predictions(r)
+        if set(ids_r) != set(ids): raise ValueError(f'{runs[0].name} and {r.name} were tested on different images.')
+        order = pd.Series(np.arange(len(ids_r)), index=ids_r).loc[ids].to_numpy()
+        if not np.array_equal(y, y_r[order]): raise ValueError(f'{runs[0].name} and {r.name} disagree on the test labels.')
+        scores.append(s_r[order])
+    return y, scores
+
+def _mean_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    "Mean AUC over labels, on the images `idx` (`(n_boot, N)` resamples) or on all; labels lacking a class skipped."
+    yy, ss = (y, s) if idx is None else (y[idx], s[idx])
+    with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # labels without both classes in a resample give NaN, skipped by nanmean
+        return np.nanmean(np.stack([fast_auc(yy[..., j], ss[..., j]) for j in range(y.shape[1])]), axis=0)
+
 def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the same test set; difference is b - a
                           n_boot: int = 1000, seed: int = 0) -> dict:
     "Mean-AUC difference `b - a` on the same test images, with a paired bootstrap 95% interval and p-value."
     if not (a.finished and b.finished): return {'delta': float('nan'), 'ci95': [float('nan')] * 2, 'p': float('nan')}
-    pa, pb = pd.read_csv(a.folder / 'predictions.csv'), pd.read_csv(b.folder / 'predictions.csv')
-    if set(pa['id']) != set(pb['id']): raise ValueError(f'{a.name} and {b.name} were tested on different images.')
-    pb = pb.set_index('id').loc[pa['id']].reset_index()
-    labels = [c[5:] for c in pa.columns if c.startswith('true_')]
-    y = pa[[f'true_{l}' for l in labels]].to_numpy(bool)
-    if not np.array_equal(y, pb[[f'true_{l}' for l in labels]].to_numpy(bool)):
-        raise ValueError(f'{a.name} and {b.name} disagree on the test labels.')
-    sa, sb = (p[[f'prob_{l}' for l in labels]].to_numpy(float) for p in (pa, pb))
+    y, (sa, sb) = _aligned([a, b])
     idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    def mean_auc(s, ix=None):
-        yy, ss = (y, s) if ix is None else (y[ix], s[ix])
-        return np.nanmean(np.stack([fast_auc(yy[..., j], ss[..., j]) for j in range(len(labels))]), axis=0)
-    with np.errstate(all='ignore'), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # labels without both classes in a resample give NaN, skipped by nanmean
-        d = mean_auc(sb, idx) - mean_auc(sa, idx)
-        delta = float(mean_auc(sb) - mean_auc(sa))
+    d = _mean_auc(y, sb, idx) - _mean_auc(y, sa, idx)
+    delta = float(_mean_auc(y, sb) - _mean_auc(y, sa))
     d = d[np.isfinite(d)]
     p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
     return {
@@ -232,6 +249,88 @@ def difference_table(grid: Grid, root: str | Path, name: str,
     return ResultTable(
         name, values, sources, runs, grid, Path(root), {**dict.fromkeys(cols[:3], '+.2f'), cols[3]: '.3f'}
     )
+
+# %% ../nbs/06b_results.ipynb #0f201443
+def seed_runs(grid: Grid, root: str | Path, select: dict, index: Sequence[str]) -> dict[tuple, list[RunResult]]:
+    "The selected runs grouped by the tag fields `index` (a cell), each group ordered by its runs' `seed` tags."
+    cells: dict[tuple, list[RunResult]] = {}
+    for r in collect(grid, root, **select):
+        cells.setdefault(tuple(r.tag[k] for k in index), []).append(r)
+    for key, runs in cells.items():
+        seeds = [r.tag.get('seed', 0) for r in runs]
+        if len(set(seeds)) != len(seeds): raise ValueError(f'cell {key}: two runs share a seed ({[r.name for r in runs]}).')
+        runs.sort(key=lambda r: r.tag.get('seed', 0))
+    return cells
+
+def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per resample of the test images
+               seed: int = 0) -> np.ndarray:
+    "Two-level bootstrap: for each image resample, the mean over seeds drawn with replacement."
+    S, n_boot = per_seed.shape
+    pick = np.random.default_rng([seed, 1]).integers(0, S, size=(n_boot, S))
+    return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
+
+def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
+    return pd.MultiIndex.from_tuples(keys, names=list(names)) if len(names) > 1 else pd.Index([k[0] for k in keys], name=names[0])
+
+def seed_table(grid: Grid, root: str | Path, name: str,
+               select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
+               index: Sequence[str],  # tag fields that name a cell, e.g. ('dataset', 'model'); runs differ by 'seed'
+               n_boot: int = 1000, seed: int = 0,
+               tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is
+              ) -> ResultTable:
+    "Per cell: mean test AUC (%) over seeds, SD across seeds, each seed's AUC, and a seeds-and-images 95% interval."
+    cells = seed_runs(grid, root, select, index)
+    cols = ['Mean AUC (%)', 'SD across seeds', '95% CI low', '95% CI high', 'seeds', 'per seed']
+    rows, src = [], []
+    for runs in cells.values():
+        row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(runs); row['per seed'] = MISSING
+        if all(r.finished for r in runs):
+            y, scores = _aligned(runs)
+            idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+            full = np.array([100 * _mean_auc(y, s) for s in scores])
+            boot = _seed_boot(np.stack([100 * _mean_auc(y, s, idx) for s in scores]), seed)
+            row.update({'Mean AUC (%)': full.mean(), 'SD across seeds': full.std(ddof=1) if len(full) > 1 else 0.0,
+                        '95% CI low': np.percentile(boot, 2.5), '95% CI high': np.percentile(boot, 97.5),
+                        'per seed': ', '.join(f'{v:.1f}' for v in full)})
+        row.update({c: runs[0].tag.get(t, '') for c, t in (tag_columns or {}).items()})
+        rows.append(row); src.append(tuple(r.name for r in runs))
+    allc = cols + list(tag_columns or {})
+    idx_ = _index(list(cells), index)
+    values = pd.DataFrame(rows, index=idx_, columns=allc)
+    sources = pd.DataFrame([[s] * len(allc) for s in src], index=idx_, columns=allc)
+    runs = {r.name: r for rs in cells.values() for r in rs}
+    fm = {**dict.fromkeys(cols[:4], '.1f'), 'seeds': '.0f'}
+    return ResultTable(name, values, sources, runs, grid, Path(root), fm)
+
+def seed_difference_table(grid: Grid, root: str | Path, name: str,
+                          pairs: dict[str, tuple[list[RunResult], list[RunResult]]],  # row -> (a runs, b runs) by seed
+                          index_name: str = 'comparison', n_boot: int = 1000, seed: int = 0) -> ResultTable:
+    "Mean-AUC differences `b - a` (points) paired seed by seed on the same images, combined over seeds, with intervals."
+    cols = ['difference (points)', '95% CI low', '95% CI high', 'p (bootstrap)', 'seeds', 'per seed']
+    rows, src = [], []
+    for a_runs, b_runs in pairs.values():
+        sa = [r.tag.get('seed', 0) for r in a_runs]; sb = [r.tag.get('seed', 0) for r in b_runs]
+        if sa != sb: raise ValueError(f'{name}: the runs are not paired by seed ({sa} vs {sb}).')
+        row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(a_runs); row['per seed'] = MISSING
+        if all(r.finished for r in [*a_runs, *b_runs]):
+            y, scores = _aligned([*a_runs, *b_runs])
+            k = len(a_runs)
+            idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+            full = np.array([100 * (_mean_auc(y, scores[k + j]) - _mean_auc(y, scores[j])) for j in range(k)])
+            per = np.stack([100 * (_mean_auc(y, scores[k + j], idx) - _mean_auc(y, scores[j], idx)) for j in range(k)])
+            boot = _seed_boot(per, seed)
+            boot = boot[np.isfinite(boot)]
+            row.update({'difference (points)': full.mean(), '95% CI low': np.percentile(boot, 2.5),
+                        '95% CI high': np.percentile(boot, 97.5),
+                        'p (bootstrap)': float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))),
+                        'per seed': ', '.join(f'{v:+.1f}' for v in full)})
+        rows.append(row); src.append(tuple(r.name for r in [*a_runs, *b_runs]))
+    idx_ = pd.Index(list(pairs), name=index_name)
+    values = pd.DataFrame(rows, index=idx_, columns=cols)
+    sources = pd.DataFrame([[s] * len(cols) for s in src], index=idx_, columns=cols)
+    runs = {r.name: r for ab in pairs.values() for rs in ab for r in rs}
+    fm = {**dict.fromkeys(cols[:3], '+.2f'), 'p (bootstrap)': '.3f', 'seeds': '.0f'}
+    return ResultTable(name, values, sources, runs, grid, Path(root), fm)
 
 # %% ../nbs/06b_results.ipynb #4bfb46a4
 REPORTED = pd.DataFrame([

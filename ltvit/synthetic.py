@@ -75,9 +75,10 @@ class Anatomy:
                    rib_phase=rng.uniform(-0.01, 0.01), shift=rng.uniform(-0.015, 0.015), body=rng.uniform(0.9, 1.1))
 
 # %% ../nbs/01a_synthetic.ipynb #4d7efa10
-def _pose(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    "Anatomy coordinates of every pixel centre, after a random rotation, scale and shift."
+def _pose(rng: np.random.Generator, size: int, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Anatomy coordinates of every pixel centre, after a random rotation, scale and shift (recorded in `info`)."
     ang = math.radians(rng.uniform(-5, 5)); sc = rng.uniform(0.94, 1.06); tx, ty = rng.uniform(-0.03, 0.03, 2)
+    if info is not None: info.update(rotation=math.degrees(ang), scale=sc, shift_x=tx, shift_y=ty)
     g = (np.arange(size, dtype=np.float32) + 0.5) / size
     Xi, Yi = np.meshgrid(g, g)
     c, s = math.cos(ang), math.sin(ang)
@@ -198,9 +199,10 @@ def render(findings: set[str],  # the findings to draw
            contrast: float = 1.0,  # finding contrast (attenuation multiplier)
            lesion_scale: float = 1.0,  # finding size multiplier
            noise: float = 0.03,  # detector noise level
+           info: dict | None = None,  # if given, filled with the pose and exposure the image was drawn with
           ) -> tuple[np.ndarray, dict]:
     """One phantom radiograph (float32 in [0,1], `size`x`size`) and its boxes {finding: (x0,y0,x1,y1) px}."""
-    X, Y = _pose(rng, size)
+    X, Y = _pose(rng, size, info)
     A, parts = _chest(X, Y, anat, findings, rng)
     side = rng.integers(2)  # the hemithorax of unilateral findings
     masks = _focal_findings(A, X, Y, findings, parts, side, rng, contrast, lesion_scale)
@@ -214,7 +216,9 @@ def render(findings: set[str],  # the findings to draw
     expo = rng.uniform(0.8, 1.2)
     img = 1.0 - np.exp(-expo * np.clip(A + 0.25, 0, None))
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
-    img = img ** rng.uniform(0.8, 1.25)
+    gamma = rng.uniform(0.8, 1.25)
+    img = img ** gamma
+    if info is not None: info.update(exposure=expo, gamma=gamma)
     white = rng.normal(0, noise, img.shape)  # drawn before the low-frequency noise (the data sets' seeds depend on it)
     lowfreq = ndimage.zoom(rng.standard_normal((16, 16)), size / 16, order=1)[:size, :size]
     img = np.clip(img + white + noise * lowfreq, 0, 1).astype(np.float32)
