@@ -108,7 +108,7 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
         g.add(Run(f'pretrain-{init}', dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
                                            model_args=P['model_args'], img_size=P['img_size'], epochs=epochs,
                                            batch_size=pre['batch_size'], lr=pre['lr'][method], seed=0),
-                  'task', 'ltvit.pretrain:pretrain_task', tags=[{'role': 'stand-in pre-training', 'init': init}]))
+                  'task', 'ltvit.pretrain:pretrain_task', tags=[{'table': 'pretrain', 'init': init}]))
         weights[init] = (f'{{run:pretrain-{init}}}/{standin_file(method, epochs)}', P['size'],
                          f'stand-in: {STANDIN_DESCRIPTIONS[method]}')
     return data, weights
@@ -452,7 +452,7 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
 
 # %% ../nbs/06a_experiments.ipynb #4f224a05
 PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
-    'main_comparison': ('main',), 'initialisations': ('init',), 'ablation_n2': ('ablation',),
+    'main_comparison': ('main',), 'initialisations': ('init', 'pretrain'), 'ablation_n2': ('ablation',),
     'attention_maps': ('maps',), 'localisation': ('localisation',), 'speed': ('speed',),
 }
 

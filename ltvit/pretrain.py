@@ -157,8 +157,8 @@ class MultiCropWrapper(nn.Module):
 
 # %% ../nbs/03a_pretrain.ipynb #a15fd423
 def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: np.ndarray, epochs: int = 10,
-                  batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.04, momentum: float = 0.99,
-                  student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9,
+                  batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.04, momentum: float = 0.996,
+                  student_temp: float = 0.1, teacher_temp: float = 0.01, center_momentum: float = 0.9,
                   freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
                   seed: int = 0, log=print) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
     "DINO self-distillation; the history (loss, teacher entropy), the final centre and the optimizer."
