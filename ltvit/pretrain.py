@@ -83,7 +83,8 @@ def _schedule(opt, steps: int, warmup: int, lr: float, min_lr: float = 1e-6) -> 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
     "Shuffled index batches of one epoch (the last partial batch dropped when there is a full one)."
     perm = torch.randperm(n, generator=gen)
-    for k in range(0, max(1, n - batch_size + 1) if n >= batch_size else 1, batch_size): yield perm[k:k + batch_size]
+    stop = n - batch_size + 1 if n >= batch_size else 1  # full batches only; one short batch when n < batch_size
+    for k in range(0, stop, batch_size): yield perm[k:k + batch_size]
 
 # %% ../nbs/03a_pretrain.ipynb #2444d4a0
 def pretrain_supervised(model: VisionTransformer,  # a timm ViT with `len(ATTRIBUTES)` outputs
@@ -310,6 +311,7 @@ def pretrain_task(out: Path, method: str, images: str, model: str, model_args: s
     x, table = np.load(src / 'images.npy'), pd.read_csv(src / 'attributes.csv')
     if x.shape[-1] != img_size: raise ValueError(f'{src}/images.npy holds {x.shape[-1]}-px images, not {img_size}.')
     path, t = out / standin_file(method, epochs), time.time()
+    seed_everything(seed)  # the initial weights too: the same seed gives the same checkpoint
     args = dict(model=model, model_args=str(model_args), img_size=img_size, epochs=epochs, batch_size=batch_size,
                 lr=lr, seed=seed)
     if method == 'supervised':

@@ -29,7 +29,8 @@ def trained(tmp_path_factory):
 def test_attention_points_at_findings_better_than_random(trained):
     lt, vit, test, metrics = trained
     assert metrics['mean_auc'] > 0.8  # a trained model, not a random one
-    table, raw = compare_localisation(lt, test, baseline=vit, max_images=200)
+    res = compare_localisation(lt, test, baseline=vit, max_images=200)
+    table, raw = res.table, res.scores
     print(table.round(3).to_string())
     att, rnd = table.loc['overall'], table.loc['overall']
     n = int(table.loc['overall', 'random n'])
@@ -38,6 +39,24 @@ def test_attention_points_at_findings_better_than_random(trained):
     assert table.loc['overall', 'LT-ViT attention pointing'] >= 1.5 * table.loc['overall', 'random pointing'] + 0.03
     assert table.loc['overall', 'LT-ViT attention energy'] >= 1.5 * table.loc['overall', 'random energy']
     assert {'ViT Grad-CAM pointing', 'LT-ViT Grad-CAM pointing'} <= set(table.columns)
+    # the floor's interval lies below attention's: the margin is not a matter of which images were drawn
+    iv = res.intervals(n_boot=500)
+    assert iv.loc['LT-ViT attention', 'pointing low'] > iv.loc['random', 'pointing']
+    assert iv.loc['random', 'pointing low'] <= iv.loc['random', 'pointing'] <= iv.loc['random', 'pointing high']
+
+
+def test_gradcam_layer_is_chosen_on_validation_and_used(trained):
+    lt, vit, test, _ = trained
+    from ltvit.interpret import choose_gradcam_layer, gradcam_layers
+    from ltvit.train import TrainConfig, build_datasets
+    val = build_datasets(TrainConfig(dataset='synthetic', data_dir=str(test.root), n_boot=0).resolved(), verbose=False)[0]['val']
+    assert set(val.table['id']).isdisjoint(test.table['id'])
+    best, by_layer = choose_gradcam_layer(vit, val, max_images=40)
+    assert list(by_layer.index) == list(gradcam_layers(vit)) and by_layer.loc[best, 'chosen']
+    assert by_layer.loc[best, 'pointing'] == by_layer['pointing'].max()
+    # the chosen layer is the one used on the test images: its maps differ from the default layer's when it is not the last
+    res = compare_localisation(lt, test, baseline=vit, max_images=16, layers={'ViT': best})
+    assert res.layers['ViT'] == best and res.layers['LT-ViT'] == list(gradcam_layers(lt))[-1]
 
 
 def test_figure_of_trained_maps(trained, tmp_path):
@@ -53,7 +72,23 @@ def test_localisation_on_the_nih_box_file(nih_sample):
     import timm
     ds = NIHChestXray14(nih_sample, 'test', subset=True, transform=make_transform(64), verbose=False)
     model = timm.create_model('ltvit_tiny_patch16_224', img_size=64, depth=2, n2=1)
-    table, raw = compare_localisation(model, ds, max_images=20)
-    scores = raw['LT-ViT attention']
+    res = compare_localisation(model, ds, max_images=20)
+    scores = res.scores['LT-ViT attention']
     assert len(scores) > 0 and set(scores['label']) <= set(ds.labels)
     assert ((scores['box_fraction'] > 0) & (scores['box_fraction'] < 1)).all()  # boxes scaled into the 64-px frame
+
+
+def test_layer_choice_without_validation_boxes_uses_disjoint_test_halves(nih_sample):
+    "NIH has boxes on test images only: the layer is chosen on one half of them, every method scored on the other."
+    from ltvit.experiments import _layer_split
+    from ltvit.interpret import dataset_boxes
+    make = lambda s: NIHChestXray14(nih_sample, s, subset=True, transform=make_transform(64), verbose=False)
+    val, test = make('val'), make('test')
+    assert not dataset_boxes(val, 64)
+    choose, score, how = _layer_split(val, test)
+    assert 'no validation boxes' in how
+    a, b = set(choose.table['id']), set(score.table['id'])
+    assert a and b and a.isdisjoint(b) and a | b == set(test.table['id'])
+    boxed = set(test.table['id'].iloc[sorted(dataset_boxes(test, 64))])
+    assert abs(len(a & boxed) - len(b & boxed)) <= 1  # the boxed images are split in half
+    assert score[0]['id'] == score.table['id'].iat[0]

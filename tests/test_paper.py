@@ -13,7 +13,7 @@ import pytest
 
 from ltvit.experiments import PAPER_NOTEBOOKS, make_grid, run_paper_notebooks
 from ltvit.grid import run_status
-from ltvit.results import collect, run_table
+from ltvit.results import collect, run_table, seed_table
 
 pytestmark = pytest.mark.slow  # trains models / runs a grid
 
@@ -69,7 +69,7 @@ def test_missing_runs_are_reported_with_the_command_that_makes_them(tiny, tmp_pa
     moved = tmp_path / gone.name
     shutil.move(gone, moved)
     try:
-        t = run_table(grid, root, 'init', {'table': 'init'}, ['init', 'model'], {'AUC': lambda m: m['mean_auc']})
+        t = run_table(grid, root, 'init', {'table': 'init', 'seed': 0}, ['init', 'model'], {'AUC': lambda m: m['mean_auc']})
         assert [r.name for r in t.missing] == ['nih-vit-DINO'] and t.formatted().loc[('DINO', 'ViT'), 'AUC'] == 'missing'
         assert t.command() == f'ltvit_paper --preset tiny --runs {root} --only nih-vit-DINO'
         # the notebook says so instead of failing or showing an old number, and keeps the saved artefact
@@ -85,7 +85,7 @@ def test_missing_runs_are_reported_with_the_command_that_makes_them(tiny, tmp_pa
         cmd = t.command().split()[1:]
         r = ltvit_paper(*cmd, '--no-notebooks')
         assert r.returncode == 0 and '1 to start' in r.stdout, r.stderr[-2000:]
-        assert run_table(grid, root, 'init', {'table': 'init'}, ['init', 'model'], {'AUC': lambda m: m['mean_auc']}).complete
+        assert seed_table(grid, root, 'init', {'table': 'init'}, ['init', 'model']).complete
     finally:
         if not gone.exists(): shutil.move(moved, gone)
 
@@ -124,14 +124,17 @@ def test_a_table_cell_traces_to_its_run(tiny, site):
     meta = json.loads((out / 'tables' / 'main_comparison.json').read_text())
     chx = grid.meta['datasets']['chexpert']  # the tiny preset's phantoms in CheXpert's schema
     assert chx == 'synthetic (CheXpert schema)'
-    (run_id,) = meta['cells'][str((chx, 'LT-ViT'))]['Mean AUC (%)']
-    folder = root / grid.id(run_id)
-    config = json.loads((folder / 'config.json').read_text())
-    assert config['config']['dataset'] == 'chexpert' and config['config']['model'].startswith('ltvit_')
-    assert config['split_sizes']['test'] > 0 and grid.id(run_id) in meta['runs']
-    metrics = json.loads((folder / 'metrics.json').read_text())
+    run_ids = meta['cells'][str((chx, 'LT-ViT'))]['Mean AUC (%)']  # one run per seed
+    assert len(run_ids) == 2 and all(grid.id(n) in meta['runs'] for n in run_ids)
+    folders = [root / grid.id(n) for n in run_ids]
+    configs = [json.loads((f / 'config.json').read_text()) for f in folders]
+    assert all(c['config']['dataset'] == 'chexpert' and c['config']['model'].startswith('ltvit_') for c in configs)
+    assert sorted(c['config']['seed'] for c in configs) == [0, 1] and configs[0]['split_sizes']['test'] > 0
+    # the cell is the mean over seeds of what each run measured itself
+    aucs = [json.loads((f / 'metrics.json').read_text())['mean_auc'] for f in folders]
     csv = pd.read_csv(out / 'tables' / 'main_comparison.csv').set_index(['dataset', 'model'])
-    assert abs(csv.loc[(chx, 'LT-ViT'), 'Mean AUC (%)'] - 100 * metrics['mean_auc']) < 1e-4
-    # the ResultTable API gives the same run
-    r = next(r for r in collect(grid, root, table='main') if r.tag['dataset'] == chx and r.tag['model'] == 'LT-ViT')
-    assert r.name == run_id and r.folder == folder
+    assert abs(csv.loc[(chx, 'LT-ViT'), 'Mean AUC (%)'] - 100 * sum(aucs) / len(aucs)) < 1e-4
+    assert csv.loc[(chx, 'LT-ViT'), 'seeds'] == 2
+    # the ResultTable API gives the same runs
+    rs = [r for r in collect(grid, root, table='main') if r.tag['dataset'] == chx and r.tag['model'] == 'LT-ViT']
+    assert [r.name for r in rs] == list(run_ids) and [r.folder for r in rs] == folders
