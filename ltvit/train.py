@@ -34,17 +34,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
-from .core import (NIH_LABELS, atomic_write, autocast, code_version, get_data_dir, get_device, get_precision,
-                        git_commit, package_versions, repo_root, seed_everything, write_json)
+from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, autocast, code_version, get_data_dir, get_device,
+                        get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
-from .model import check_pretrained, load_pretrained, save_model
+from .model import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'parse_model_args', 'runs_root',
-           'default_out_dir', 'TrainConfig', 'build_datasets', 'build_model', 'param_groups', 'masked_bce',
-           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
-           'config_from_cli', 'main']
+__all__ = ['OPERATING_POINTS', 'DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'operating_points',
+           'calibration_report', 'parse_model_args', 'runs_root', 'default_out_dir', 'TrainConfig', 'preprocessing',
+           'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint', 'load_checkpoint',
+           'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #075ced23
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -97,6 +97,52 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
             }
         out['n_boot'] = n_boot
     return out
+
+# %% ../nbs/03_training_loop.ipynb #033f91a2
+OPERATING_POINTS = {'youden': "Youden's J on validation", 'sens90': '0.90 sensitivity on validation'}
+
+def operating_points(y: np.ndarray,  # validation targets `(N, C)` in {0, 1}
+                     p: np.ndarray,  # validation probabilities `(N, C)`
+                     labels: Sequence[str],
+                     mask: np.ndarray | None = None,  # 1 where a target is known
+                    ) -> dict:
+    "Per label: the Youden's-J threshold and the highest threshold reaching 0.90 sensitivity (None: one class only)."
+    out = {}
+    for j, l in enumerate(labels):
+        keep = np.ones(len(y), bool) if mask is None else mask[:, j] > 0
+        yy, pp = y[keep, j].astype(bool), p[keep, j]
+        if yy.all() or not yy.any(): out[l] = None; continue
+        fpr, tpr, thr = roc_curve(yy, pp, drop_intermediate=False)  # every threshold; a call is p >= threshold
+        fin = np.isfinite(thr); fpr, tpr, thr = fpr[fin], tpr[fin], thr[fin]
+        k = int(np.argmax(tpr - fpr)); s = int(np.argmax(tpr >= 0.90))  # thresholds decrease along the curve
+        out[l] = {'youden': float(thr[k]), 'youden_sensitivity': float(tpr[k]), 'youden_specificity': float(1 - fpr[k]),
+                  'sens90': float(thr[s]), 'sens90_sensitivity': float(tpr[s]), 'sens90_specificity': float(1 - fpr[s]),
+                  'validation_positives': int(yy.sum()), 'validation_images': int(len(yy))}
+    return out
+
+def calibration_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
+                       p: np.ndarray,  # probabilities `(N, C)`
+                       labels: Sequence[str],
+                       mask: np.ndarray | None = None,  # 1 where a target is known
+                       bins: int = 10,
+                      ) -> dict:
+    "Expected calibration error (equal-width bins) and Brier score per label, their means, and the reliability bins."
+    ece, brier, curve = {}, {}, {}
+    for j, l in enumerate(labels):
+        keep = np.ones(len(y), bool) if mask is None else mask[:, j] > 0
+        yy, pp = y[keep, j].astype(float), p[keep, j].astype(float)
+        if not len(yy): ece[l] = brier[l] = float('nan'); curve[l] = []; continue
+        b = np.clip((pp * bins).astype(int), 0, bins - 1)
+        n = np.bincount(b, minlength=bins); conf = np.bincount(b, pp, bins); freq = np.bincount(b, yy, bins)
+        ok = n > 0
+        ece[l] = float(np.sum(np.abs(freq[ok] - conf[ok])) / len(yy))
+        brier[l] = float(np.mean((pp - yy) ** 2))
+        curve[l] = [[float(conf[k] / n[k]), float(freq[k] / n[k]), int(n[k])] for k in np.flatnonzero(ok)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return {'ece': ece, 'brier': brier, 'mean_ece': float(np.nanmean(list(ece.values()))),
+                'mean_brier': float(np.nanmean(list(brier.values()))), 'bins': bins,
+                'reliability': curve}  # per label: [mean probability, observed frequency, images] per non-empty bin
 
 # %% ../nbs/03_training_loop.ipynb #32d1700a
 def parse_model_args(s: str | dict | None) -> dict:
@@ -222,9 +268,13 @@ def resolved(self: TrainConfig) -> TrainConfig:
     return c
 
 # %% ../nbs/03_training_loop.ipynb #5973dd6c
+def preprocessing(c: TrainConfig) -> dict:
+    "The evaluation preprocessing of a resolved config (`make_transform`'s arguments), stored with the model."
+    return dict(img_size=c.img_size, channels=3, mean=CXR_MEAN, std=CXR_STD, interpolation='bicubic')
+
 def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str], Path]:
     "The train/val/test data sets of a resolved config, their label names and the data folder."
-    tf_eval = make_transform(c.img_size)
+    tf_eval = make_transform(**preprocessing(c))
     tf_train = tf_eval if c.augment == 'none' and not c.hflip else make_transform(
         c.img_size, train=True, augment=None if c.augment == 'none' else c.augment, hflip=c.hflip)
     if c.dataset == 'synthetic':
@@ -533,7 +583,7 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
     )
 
 # %% ../nbs/03_training_loop.ipynb #2b0bbd59
-def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, per: dict):
+def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, per: dict, cal: dict | None = None):
     import matplotlib
     matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -557,6 +607,19 @@ def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, 
     for a in axs.ravel()[len(labels):]: a.axis('off')
     fig.tight_layout()
     atomic_write(out / 'roc.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
+    if cal is None: return
+    fig, axs = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows), squeeze=False)
+    for a, l in zip(axs.ravel(), labels):
+        a.plot([0, 1], [0, 1], ls=':', c='grey', lw=0.8)
+        pts = np.array(cal['reliability'][l]).reshape(-1, 3)
+        if len(pts): a.plot(pts[:, 0], pts[:, 1], marker='o', ms=3, lw=1.2)
+        a.set_title(f'{l}\nECE {cal["ece"][l]:.3f}, Brier {cal["brier"][l]:.3f}', fontsize=8)
+        a.set(xlim=(0, 1), ylim=(0, 1)); a.tick_params(labelsize=6); a.set_aspect('equal')
+    for a in axs[-1]: a.set_xlabel('mean predicted probability', fontsize=7)
+    for a in axs[:, 0]: a.set_ylabel('observed frequency', fontsize=7)
+    for a in axs.ravel()[len(labels):]: a.axis('off')
+    fig.tight_layout()
+    atomic_write(out / 'calibration.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
 
 @dataclass
 class _Where:
@@ -574,16 +637,23 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
     out, dev, precision, world, rank = w.out, w.dev, w.precision, w.world, w.rank
     if (out / 'best.safetensors').is_file():
         model.load_state_dict(load_file(str(out / 'best.safetensors')))
-    sampler = DistributedSampler(ds['test'], num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-    p, y, m, ids = predict(
-        model, _loader(ds['test'], max(1, c.batch_size // world) * 2, sampler, c.workers), dev, precision, world
-    )
+    def run(split):
+        sampler = DistributedSampler(ds[split], num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return predict(model, _loader(ds[split], max(1, c.batch_size // world) * 2, sampler, c.workers), dev, precision,
+                       world)
+    pv, yv, mv, _ = run('val')  # the operating points are chosen on validation
+    p, y, m, ids = run('test')
     if rank != 0:
         if world > 1: dist.barrier()
         return {}
     rep = auc_report(y, p, labels, mask=m, n_boot=c.n_boot, seed=c.seed)
+    ops, cal = operating_points(yv, pv, labels, mv), calibration_report(y, p, labels, m)
     metrics = {'split': 'test', **rep, 'best_epoch': state['best_epoch'], 'best_val_mean_auc': state['best_val_auc'],
-               'epochs_run': state['epoch'] + 1, 'steps': state['step'], **extra, 'config': str(out / 'config.json')}
+               'epochs_run': state['epoch'] + 1, 'steps': state['step'], 'operating_points': ops, 'calibration': cal,
+               **extra, 'config': str(out / 'config.json')}
+    best = out / 'best.safetensors'  # the deployable model: with its preprocessing and operating points
+    save_model(model, best, **{k: v for k, v in checkpoint_metadata(best).items() if k in ('epoch', 'val_mean_auc')},
+               preprocessing=preprocessing(c), operating_points=ops)
     hist = pd.DataFrame(state['history'])
     atomic_write(out / 'history.csv', hist.to_csv(index=False))
     per = pd.DataFrame({'label': labels, 'auc': [rep['per_class_auc'][l] for l in labels],
@@ -594,7 +664,7 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
     pred = pd.DataFrame({'id': ids, **{f'true_{l}': y[:, j].astype(int) for j, l in enumerate(labels)},
                          **{f'prob_{l}': p[:, j] for j, l in enumerate(labels)}})
     atomic_write(out / 'predictions.csv', pred.to_csv(index=False))
-    _plots(out, hist, y, p, labels, rep['per_class_auc'])
+    _plots(out, hist, y, p, labels, rep['per_class_auc'], cal)
     write_json(out / 'metrics.json', metrics)  # last: its presence marks a finished run
     if world > 1: dist.barrier()
     w.say(format_report(metrics, out))
