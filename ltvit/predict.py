@@ -214,10 +214,10 @@ def _key(path: Path) -> str:
 # %% ../nbs/07_predict.ipynb #8cb09a15
 def _overlay(image: np.ndarray,  # `(H, W)` in [0, 1]
              heat: np.ndarray,  # `(H, W)` map
-             size: int = 256) -> Image.Image:
-    "The image in grey with the map (scaled to its own maximum) blended over it in the inferno colour map."
+             size: int = 256, full: float = 4.0) -> Image.Image:
+    "The image in grey with the map blended over it (inferno): its density relative to uniform, full colour at `full`x."
     from matplotlib import colormaps
-    h = heat / max(float(heat.max()), 1e-12)
+    h = np.clip(heat * heat.size / max(float(heat.sum()), 1e-12) / full, 0, 1)  # a uniform map: a faint 1/full tint
     rgb = colormaps['inferno'](h)[..., :3]
     grey = np.repeat(image[..., None], 3, axis=2)
     alpha = 0.55 * h[..., None]
@@ -313,14 +313,16 @@ def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path) -> Path:
              '.pos{font-weight:bold;color:#b00} .maps img{margin:4px} figure{display:inline-block;margin:4px}'
              'figcaption{font-size:12px;text-align:center}</style></head><body>',
              f'<h1>Predictions</h1><p>Checkpoint <code>{esc(str(pred.checkpoint))}</code> (sha256 {pred.sha}); calls at '
-             f'{esc(pred.rule)}. {len(ok)} image(s) predicted, {len(bad)} not usable. Sorted by the highest probability.</p>']
+             f'{esc(pred.rule)} ("none": the label had no positive in validation, so it is not called). {len(ok)} image(s) '
+             f'predicted, {len(bad)} not usable. Sorted by the highest probability. Maps: where the label token looked, '
+             'as density against a uniform map (full colour at 4x uniform).</p>']
     for r in ok.itertuples(index=False):
         r = r._asdict()
         key = _key(Path(r['path']))
         uid = f' &middot; SOP Instance UID {esc(str(r["sop_instance_uid"]))}' if r['sop_instance_uid'] else ''
         rows = ''.join(
             f'<tr class="{"pos" if int(r[f"call_{l}"]) == 1 else ""}"><td>{esc(l)}</td><td>{float(r[f"prob_{l}"]):.3f}</td>'
-            f'<td>{pred.thresholds[l]:.3f}</td><td>{"positive" if int(r[f"call_{l}"]) == 1 else ("n/a" if int(r[f"call_{l}"]) < 0 else "")}</td></tr>'
+            f'<td>{"none" if np.isnan(pred.thresholds[l]) else f"{pred.thresholds[l]:.3f}"}</td><td>{"positive" if int(r[f"call_{l}"]) == 1 else ("n/a" if int(r[f"call_{l}"]) < 0 else "")}</td></tr>'
             for l in sorted(pred.labels, key=lambda l: -float(r[f'prob_{l}'])))
         maps = ''.join(f'<figure><img src="{_data_uri(f)}" width="200" alt="{esc(f.stem.split("__")[-1])}">'
                        f'<figcaption>{esc(f.stem.split("__")[-1])}</figcaption></figure>'

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ltvit.model import checkpoint_metadata, load_model
-from ltvit.predict import ExportWrapper, ImageRejected, read_any, write_test_dicom
+from ltvit.predict import ExportWrapper, ImageRejected, read_any, read_predictions, write_test_dicom
 from ltvit.synthetic import make_synthetic
 from ltvit.train import TrainConfig, train
 
@@ -107,7 +107,7 @@ def predicted(trained, tmp_path_factory):
 def test_ltvit_predict_end_to_end(predicted, tmp_path):
     ckpt, inbox, out, pngs, r = predicted
     assert r.returncode == 0, r.stderr[-3000:]
-    t = pd.read_csv(out / 'predictions.csv', keep_default_na=False)
+    t = read_predictions(out / 'predictions.csv')
     names = t['path'].map(lambda p: Path(p).name)
     assert sorted(names) == sorted([f.name for f in pngs[:4]] + ['IM0001', 'neg.dcm', 'deep.dcm', 'jpeg.dcm',
                                                                  'lateral.dcm', 'nopix.dcm', 'broken.png'])
@@ -124,7 +124,7 @@ def test_ltvit_predict_end_to_end(predicted, tmp_path):
     ref = cli('main', '--checkpoint', ckpt, '--out', tmp_path / 'ref', *pngs[4:8])
     assert ref.returncode == 0, ref.stderr[-2000:]
     rp = pd.read_csv(tmp_path / 'ref' / 'predictions.csv'); rp.index = rp['path'].map(lambda p: Path(p).name)
-    got = t.set_index(names.values)
+    got = t.set_index(pd.Index(list(names)))
     cols = [f'prob_{l}' for l in labels]
     for dcm, src, tol in (('IM0001', pngs[4], 1e-6), ('neg.dcm', pngs[5], 1e-6), ('deep.dcm', pngs[6], 1e-6),
                           ('jpeg.dcm', pngs[7], 0.05)):
@@ -148,7 +148,7 @@ def test_ltvit_predict_end_to_end(predicted, tmp_path):
 def test_report_opens_in_chromium_with_every_image(predicted, tmp_path):
     _, _, out, _, r = predicted
     assert r.returncode == 0, r.stderr[-3000:]
-    ok = pd.read_csv(out / 'predictions.csv', keep_default_na=False).query('status == "ok"')
+    ok = read_predictions(out / 'predictions.csv').query('status == "ok"')
     run = lambda *a: subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', *a,
                                      (out / 'report.html').as_uri()], capture_output=True, text=True, timeout=120)
     dom = run(f'--user-data-dir={tmp_path / "p1"}', '--dump-dom').stdout
