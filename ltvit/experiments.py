@@ -54,30 +54,97 @@ VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or t
 PRESETS: dict[str, dict] = {
     'paper': dict(
         description='NIH ChestX-ray14 and CheXpert, ViT-S/16 at 224 px, the default recipe (75 epochs), hub weights; '
-                    'GPUs',
-        data='real', size='small', model_args='', img_size=224, epochs=75, batch_size=256, lr=None,
-        augment='rand-m6-mstd0.5', drop_path=0.2, workers=8, preload=False, n2=4, n2_grid=(1, 2, 4, 6, 8, 12),
-        main_init='ImageNet', n_boot=1000, seeds=3,
-        weights={'ImageNet': ('deit_small_patch16_224.fb_in1k', 'small'),
-                 'DINO': ('vit_small_patch16_224.dino', 'small'), 'MAE': ('vit_base_patch16_224.mae', 'base')},
-        loc_images=880, loc_val_images=300, n_examples=6, speed=dict(batch=64, reps=20)),
+        'GPUs',
+        data='real',
+        size='small',
+        model_args='',
+        img_size=224,
+        epochs=75,
+        batch_size=256,
+        lr=None,
+        augment='rand-m6-mstd0.5',
+        drop_path=0.2,
+        workers=8,
+        preload=False,
+        n2=4,
+        n2_grid=(1, 2, 4, 6, 8, 12),
+        main_init='ImageNet',
+        n_boot=1000,
+        seeds=3,
+        weights={
+            'ImageNet': ('deit_small_patch16_224.fb_in1k', 'small'),
+            'DINO': ('vit_small_patch16_224.dino', 'small'),
+            'MAE': ('vit_base_patch16_224.mae', 'base'),
+        },
+        loc_images=880,
+        loc_val_images=300,
+        n_examples=6,
+        speed=dict(batch=64, reps=20),
+    ),
     'quick': dict(
         description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 8-px patches), 10 epochs, three stand-in '
-                    'pre-trainings, 3 seeds; CPU',
-        data='synthetic', size='tiny', model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', img_size=64,
-        epochs=10, batch_size=32, lr=1.5e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=2,
-        n2_grid=(1, 2, 3, 4), main_init='ImageNet', n_boot=1000, seeds=3, patients=600, weights=None,
-        pretrain=dict(images=3000, batch_size=64, epochs={'supervised': 20, 'dino': 8, 'mae': 30},
-                      lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3}),
-        loc_images=200, loc_val_images=100, n_examples=6, speed=dict(batch=32, reps=5)),
+        'pre-trainings, 3 seeds; CPU',
+        data='synthetic',
+        size='tiny',
+        model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8',
+        img_size=64,
+        epochs=10,
+        batch_size=32,
+        lr=1.5e-3,
+        augment='none',
+        drop_path=0.0,
+        workers=0,
+        preload=True,
+        n2=2,
+        n2_grid=(1, 2, 3, 4),
+        main_init='ImageNet',
+        n_boot=1000,
+        seeds=3,
+        patients=600,
+        weights=None,
+        pretrain=dict(
+            images=3000,
+            batch_size=64,
+            epochs={'supervised': 20, 'dino': 8, 'mae': 30},
+            lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
+        ),
+        loc_images=200,
+        loc_val_images=100,
+        n_examples=6,
+        speed=dict(batch=32, reps=5),
+    ),
     'tiny': dict(
-        description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; CPU',
-        data='synthetic', size='tiny', model_args='embed_dim:48,depth:2,num_heads:2,patch_size:8', img_size=32,
-        epochs=1, batch_size=16, lr=1e-3, augment='none', drop_path=0.0, workers=0, preload=True, n2=1,
-        n2_grid=(1, 2), main_init='ImageNet', n_boot=50, seeds=2, patients=50, weights=None,
-        pretrain=dict(images=64, batch_size=32, epochs={'supervised': 1, 'dino': 1, 'mae': 1},
-                      lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3}),
-        loc_images=8, loc_val_images=8, n_examples=2, speed=dict(batch=4, reps=1)),
+        description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; '
+                    'CPU',
+        data='synthetic',
+        size='tiny',
+        model_args='embed_dim:48,depth:2,num_heads:2,patch_size:8',
+        img_size=32,
+        epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        augment='none',
+        drop_path=0.0,
+        workers=0,
+        preload=True,
+        n2=1,
+        n2_grid=(1, 2),
+        main_init='ImageNet',
+        n_boot=50,
+        seeds=2,
+        patients=50,
+        weights=None,
+        pretrain=dict(
+            images=64,
+            batch_size=32,
+            epochs={'supervised': 1, 'dino': 1, 'mae': 1},
+            lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
+        ),
+        loc_images=8,
+        loc_val_images=8,
+        n_examples=2,
+        speed=dict(batch=4, reps=1),
+    ),
 }
 
 # %% ../nbs/06a_experiments.ipynb #6a406ef1
@@ -105,10 +172,25 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
     weights = {}
     for init, method in STANDINS.items():
         epochs = pre['epochs'][method]
-        g.add(Run(f'pretrain-{init}', dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
-                                           model_args=P['model_args'], img_size=P['img_size'], epochs=epochs,
-                                           batch_size=pre['batch_size'], lr=pre['lr'][method], seed=0),
-                  'task', 'ltvit.pretrain:pretrain_task', tags=[{'table': 'pretrain', 'init': init}]))
+        g.add(
+            Run(
+                f'pretrain-{init}',
+                dict(
+                    method=method,
+                    images='{run:pretrain-images}',
+                    model=f'vit_{P["size"]}_patch16_224',
+                    model_args=P['model_args'],
+                    img_size=P['img_size'],
+                    epochs=epochs,
+                    batch_size=pre['batch_size'],
+                    lr=pre['lr'][method],
+                    seed=0,
+                ),
+                'task',
+                'ltvit.pretrain:pretrain_task',
+                tags=[{'table': 'pretrain', 'init': init}],
+            )
+        )
         weights[init] = (f'{{run:pretrain-{init}}}/{standin_file(method, epochs)}', P['size'],
                          f'stand-in: {STANDIN_DESCRIPTIONS[method]}')
     return data, weights
@@ -300,7 +382,8 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     pick = sorted(boxes)[:n_examples]  # the first test images that have a box
     x = torch.stack([test[i]['image'] for i in pick])
     att, probs = attention_maps(lt, x)
-    cam_lt, _ = gradcam_maps(lt, x, layer=layers['LT-ViT']); cam_vit, probs_vit = gradcam_maps(vit, x, layer=layers['ViT'])
+    cam_lt, _ = gradcam_maps(lt, x, layer=layers['LT-ViT'])
+    cam_vit, probs_vit = gradcam_maps(vit, x, layer=layers['ViT'])
     np.savez_compressed(
         out / 'examples.npz',
         images=x.numpy().astype(np.float16),

@@ -71,7 +71,7 @@ def _vit_reshape(model):
     return reshape
 
 def gradcam_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    "Grad-CAM target layers of a ViT or LT-ViT by name: every block's `norm1`, in depth order (the last is the default)."
+    "Grad-CAM target layers of a ViT or LT-ViT by name: every block's `norm1`, in depth order (last: the default)."
     out = {f'blocks.{i}.norm1': b.norm1 for i, b in enumerate(model.blocks)}
     lt = getattr(model, 'lt_blocks', None)
     if lt is not None: out.update({f'lt_blocks.{i}.norm1': b.norm1 for i, b in enumerate(lt) if hasattr(b, 'norm1')})
@@ -242,7 +242,7 @@ def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (im
 def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image
                       grid: tuple[int, int] | None = None,  # the patch grid peaks are compared on (None: pixels)
                      ) -> pd.DataFrame:
-    "Per image: mean correlation between the maps of two different labels, and the share of label pairs peaking together."
+    "Per image: mean correlation between two labels' maps, and the share of label pairs whose maps peak together."
     B, C = maps.shape[:2]
     if C < 2: raise ValueError('label_specificity needs maps of at least two labels.')
     flat = maps.flatten(2).double()
@@ -253,7 +253,8 @@ def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map o
     pooled = F.adaptive_avg_pool2d(maps.float(), grid).flatten(2) if grid else maps.flatten(2)
     peak = pooled.argmax(-1)  # (B, C)
     same = (peak[:, :, None] == peak[:, None, :])
-    return pd.DataFrame({'map correlation': r[:, off].mean(1).numpy(), 'same peak': same[:, off].float().mean(1).numpy()})
+    return pd.DataFrame({'map correlation': r[:, off].mean(1).numpy(),
+                         'same peak': same[:, off].float().mean(1).numpy()})
 
 # %% ../nbs/04_interpret.ipynb #4fcac79d
 def dataset_boxes(ds, size: int) -> dict:
@@ -341,7 +342,8 @@ def choose_gradcam_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
         chunk = rows[k:k + batch_size]
         x = torch.stack([ds[i]['image'] for i in chunk])
         bx = {n: allboxes[i] for n, i in enumerate(chunk)}
-        for c in candidates: parts[c].append(localisation_scores(gradcam_maps(model, x, method, layer=c)[0], bx, ds.labels))
+        for c in candidates:
+            parts[c].append(localisation_scores(gradcam_maps(model, x, method, layer=c)[0], bx, ds.labels))
     table = pd.DataFrame({c: pd.concat(p)[['pointing', 'energy']].mean() for c, p in parts.items()}).T
     table['pairs'] = [sum(len(d) for d in parts[c]) for c in candidates]
     best = max(candidates, key=lambda c: (table.loc[c, 'pointing'], table.loc[c, 'energy']))

@@ -179,8 +179,10 @@ def per_class_table(grid: Grid, root: str | Path, name: str, select: dict, colum
     values = pd.DataFrame({c: [(np.mean([r.metrics[metric][l] * scale for r in rs]) if all(r.finished for r in rs)
                                 else float('nan')) for l in labels] for c, rs in groups.items()},
                           index=pd.Index(labels, name='label'))
-    sources = pd.DataFrame({c: [tuple(r.name for r in rs)] * len(labels) for c, rs in groups.items()}, index=values.index)
-    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict.fromkeys(groups, formats))
+    sources = pd.DataFrame({c: [tuple(r.name for r in rs)] * len(labels) for c, rs in groups.items()},
+                           index=values.index)
+    runs_ = {r.name: r for r in runs}
+    return ResultTable(name, values, sources, runs_, grid, Path(root), dict.fromkeys(groups, formats))
 
 def task_table(grid: Grid, root: str | Path, name: str, run: RunResult, values: pd.DataFrame | None,
                formats: dict | None = None, columns: Sequence[str] = ()) -> ResultTable:
@@ -194,7 +196,12 @@ def _predictions(run: RunResult) -> tuple[pd.Series, np.ndarray, np.ndarray, lis
     "A finished run's test predictions: image ids, targets `(N, C)`, probabilities `(N, C)`, label names."
     p = pd.read_csv(run.folder / 'predictions.csv')
     labels = [c[5:] for c in p.columns if c.startswith('true_')]
-    return p['id'], p[[f'true_{l}' for l in labels]].to_numpy(bool), p[[f'prob_{l}' for l in labels]].to_numpy(float), labels
+    return (
+        p['id'],
+        p[[f'true_{l}' for l in labels]].to_numpy(bool),
+        p[[f'prob_{l}' for l in labels]].to_numpy(float),
+        labels,
+    )
 
 def _aligned(runs: Sequence[RunResult]) -> tuple[np.ndarray, list[np.ndarray]]:
     "The targets and every run's probabilities on the same test images, in the first run's order."
@@ -204,7 +211,8 @@ def _aligned(runs: Sequence[RunResult]) -> tuple[np.ndarray, list[np.ndarray]]:
         ids_r, y_r, s_r, _ = _predictions(r)
         if set(ids_r) != set(ids): raise ValueError(f'{runs[0].name} and {r.name} were tested on different images.')
         order = pd.Series(np.arange(len(ids_r)), index=ids_r).loc[ids].to_numpy()
-        if not np.array_equal(y, y_r[order]): raise ValueError(f'{runs[0].name} and {r.name} disagree on the test labels.')
+        if not np.array_equal(y, y_r[order]):
+            raise ValueError(f'{runs[0].name} and {r.name} disagree on the test labels.')
         scores.append(s_r[order])
     return y, scores
 
@@ -258,7 +266,8 @@ def seed_runs(grid: Grid, root: str | Path, select: dict, index: Sequence[str]) 
         cells.setdefault(tuple(r.tag[k] for k in index), []).append(r)
     for key, runs in cells.items():
         seeds = [r.tag.get('seed', 0) for r in runs]
-        if len(set(seeds)) != len(seeds): raise ValueError(f'cell {key}: two runs share a seed ({[r.name for r in runs]}).')
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f'cell {key}: two runs share a seed ({[r.name for r in runs]}).')
         runs.sort(key=lambda r: r.tag.get('seed', 0))
     return cells
 
@@ -270,7 +279,11 @@ def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per
     return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
 
 def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
-    return pd.MultiIndex.from_tuples(keys, names=list(names)) if len(names) > 1 else pd.Index([k[0] for k in keys], name=names[0])
+    return (
+        pd.MultiIndex.from_tuples(keys, names=list(names))
+        if len(names) > 1
+        else pd.Index([k[0] for k in keys], name=names[0])
+    )
 
 def seed_table(grid: Grid, root: str | Path, name: str,
                select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
