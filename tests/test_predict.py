@@ -61,6 +61,11 @@ def test_dicom_pixels_match_png_of_the_same_array(tmp_path):
     png8, png16 = read_any(tmp_path / 'a8.png')[0], read_any(tmp_path / 'a16.png')[0]
     assert np.array_equal(read_any(write_test_dicom(tmp_path / 'm2_8.dcm', a8))[0], png8)
     assert np.array_equal(read_any(write_test_dicom(tmp_path / 'm2_16', a16))[0], png16)  # no suffix
+    # 12 bits stored in 16: scaled over the 12-bit range, as the 16-bit PNG of the array times 16 (to rounding)
+    a12 = rng.integers(0, 4096, (48, 40), dtype=np.uint16)
+    Image.fromarray((a12 * 16).astype(np.uint16)).save(tmp_path / 'a12x16.png')
+    d12 = read_any(write_test_dicom(tmp_path / 'm2_12.dcm', a12, bits=12))[0]
+    assert np.abs(d12.astype(int) - read_any(tmp_path / 'a12x16.png')[0]).max() <= 1 and d12.max() > 250
     # MONOCHROME1 stores the negative: the same picture after inversion
     assert np.array_equal(read_any(write_test_dicom(tmp_path / 'm1_8.dcm', 255 - a8, 'MONOCHROME1'))[0], png8)
     # rescale slope and intercept map stored values linearly; a window saturates outside it
