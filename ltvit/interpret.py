@@ -218,8 +218,9 @@ def summarise_localisation(scores: dict[str, pd.DataFrame]) -> pd.DataFrame:
 # %% ../nbs/04_interpret.ipynb #3f57789e
 def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
                            n_boot: int = 1000, seed: int = 0,
+                           columns: Sequence[str] = ('pointing', 'energy'),  # the per-row scores to average
                           ) -> pd.DataFrame:
-    "Overall pointing game and energy in box per method, with 95% intervals from a bootstrap over images."
+    "Overall pointing game and energy in box (or other `columns`) per method, with bootstrap 95% intervals over images."
     images = sorted(set().union(*(set(df['image']) for df in scores.values())))
     if not images: raise ValueError('No scored (image, label) pairs.')
     pos = {im: k for k, im in enumerate(images)}
@@ -230,13 +231,13 @@ def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (im
         k = df['image'].map(pos).to_numpy()
         n = np.bincount(k, minlength=len(images)).astype(float)
         row = {'pairs': len(df), 'images': int((n > 0).sum())}
-        for col in ('pointing', 'energy'):
+        for col in columns:
             s = np.bincount(k, weights=df[col].to_numpy(float), minlength=len(images))
             boot = (counts @ s) / np.maximum(counts @ n, 1e-12)
             row.update({col: float(s.sum() / n.sum()), f'{col} low': float(np.percentile(boot, 2.5)),
                         f'{col} high': float(np.percentile(boot, 97.5))})
         rows[meth] = row
-    cols = ['pointing', 'pointing low', 'pointing high', 'energy', 'energy low', 'energy high', 'pairs', 'images']
+    cols = [f'{c}{s}' for c in columns for s in ('', ' low', ' high')] + ['pairs', 'images']
     return pd.DataFrame.from_dict(rows, orient='index')[cols].rename_axis('method')
 
 def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image
@@ -284,18 +285,17 @@ class LocalisationResult:
     def intervals(self, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         "Per method: pointing game, energy in box and specificity, each with a 95% bootstrap interval over images."
         out = localisation_intervals(self.scores, n_boot, seed)
-        spec = {m: df.assign(image=range(len(df)), pointing=df['map correlation'], energy=df['same peak'])
-                for m, df in self.specificity.items()}
-        sp = localisation_intervals(spec, n_boot, seed)
-        sp.columns = [c.replace('pointing', 'map correlation').replace('energy', 'same peak') for c in sp.columns]
+        sp = localisation_intervals(self.specificity, n_boot, seed, columns=('map correlation', 'same peak'))
         return out.join(sp.drop(columns=['pairs', 'images']))
 
-def _boxed_rows(ds, max_images: int) -> tuple[list[int], dict, int]:
-    size = ds[0]['image'].shape[-1]
-    allboxes = dataset_boxes(ds, size)
+def _boxed_batches(ds, max_images: int, batch_size: int):
+    "The first `max_images` boxed images of `ds`, in batches: (offset, row indices, images, boxes by batch position)."
+    allboxes = dataset_boxes(ds, ds[0]['image'].shape[-1])
     rows = sorted(allboxes)[:max_images]
     if not rows: raise ValueError(f'{ds.name}: no image of this split has a box.')
-    return rows, allboxes, size
+    for k in range(0, len(rows), batch_size):  # each batch is loaded once and serves every method
+        chunk = rows[k:k + batch_size]
+        yield k, chunk, torch.stack([ds[i]['image'] for i in chunk]), {n: allboxes[i] for n, i in enumerate(chunk)}
 
 def compare_localisation(model: LTViT,  # a trained LT-ViT
                          ds,  # a data set with boxes (NIH layout: synthetic or NIH), eval transform
@@ -305,7 +305,6 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
                          layers: dict[str, str] | None = None,  # Grad-CAM layer per model ('LT-ViT', 'ViT'); else last
                         ) -> LocalisationResult:
     "Localisation of every method on up to `max_images` boxed images: scores, table, label specificity."
-    rows, allboxes, size = _boxed_rows(ds, max_images)
     name = lambda m: METHOD_NAMES.get(m, m)
     models = {'LT-ViT': model, **({'ViT': baseline} if baseline is not None else {})}
     layers = {k: (layers or {}).get(k) or list(gradcam_layers(m))[-1] for k, m in models.items()}
@@ -314,12 +313,9 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
     parts = {n: [] for n, _, _ in runs} | {'random': []}
     spec = {n: [] for n in parts}
     grid = tuple(model.patch_embed.grid_size)
-    for k in range(0, len(rows), batch_size):  # each batch is loaded once and serves every method
-        chunk = rows[k:k + batch_size]
-        x = torch.stack([ds[i]['image'] for i in chunk])
-        bx = {n: allboxes[i] for n, i in enumerate(chunk)}
+    for k, chunk, x, bx in _boxed_batches(ds, max_images, batch_size):
         maps = {n: label_maps(models[who], x, meth, layers[who])[0] for n, who, meth in runs}
-        maps['random'] = random_maps((len(chunk), len(ds.labels), size, size), seed + k)
+        maps['random'] = random_maps((len(chunk), len(ds.labels), *x.shape[-2:]), seed + k)
         for n, mp in maps.items():
             parts[n].append(
                 localisation_scores(mp, bx, ds.labels).assign(image=lambda d: d['image'].map(dict(enumerate(chunk))))
@@ -335,13 +331,9 @@ def choose_gradcam_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
                          candidates: Sequence[str] | None = None,  # layer names (default: every `gradcam_layers`)
                         ) -> tuple[str, pd.DataFrame]:
     "The Grad-CAM layer with the best pointing game on `ds`'s boxes (ties: energy), and every candidate's scores."
-    rows, allboxes, _ = _boxed_rows(ds, max_images)
     candidates = list(candidates or gradcam_layers(model))
     parts = {c: [] for c in candidates}
-    for k in range(0, len(rows), batch_size):
-        chunk = rows[k:k + batch_size]
-        x = torch.stack([ds[i]['image'] for i in chunk])
-        bx = {n: allboxes[i] for n, i in enumerate(chunk)}
+    for _, _, x, bx in _boxed_batches(ds, max_images, batch_size):
         for c in candidates:
             parts[c].append(localisation_scores(gradcam_maps(model, x, method, layer=c)[0], bx, ds.labels))
     table = pd.DataFrame({c: pd.concat(p)[['pointing', 'energy']].mean() for c, p in parts.items()}).T

@@ -223,22 +223,25 @@ def _mean_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray | None = None) -> np
         warnings.simplefilter('ignore')  # labels without both classes in a resample give NaN, skipped by nanmean
         return np.nanmean(np.stack([fast_auc(yy[..., j], ss[..., j]) for j in range(y.shape[1])]), axis=0)
 
+def _resampled_aucs(runs: Sequence[RunResult], n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    "Each run's mean AUC on all its test images `(R,)` and on `n_boot` shared resamples of them `(R, n_boot)`."
+    y, scores = _aligned(runs)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    return np.array([_mean_auc(y, s) for s in scores]), np.stack([_mean_auc(y, s, idx) for s in scores])
+
+def _two_sided_p(boot: np.ndarray) -> float:
+    "Bootstrap p-value of 'no difference': twice the smaller tail."
+    return float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+
 def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the same test set; difference is b - a
                           n_boot: int = 1000, seed: int = 0) -> dict:
     "Mean-AUC difference `b - a` on the same test images, with a paired bootstrap 95% interval and p-value."
     if not (a.finished and b.finished): return {'delta': float('nan'), 'ci95': [float('nan')] * 2, 'p': float('nan')}
-    y, (sa, sb) = _aligned([a, b])
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    d = _mean_auc(y, sb, idx) - _mean_auc(y, sa, idx)
-    delta = float(_mean_auc(y, sb) - _mean_auc(y, sa))
+    full, boot = _resampled_aucs([a, b], n_boot, seed)
+    d = boot[1] - boot[0]
     d = d[np.isfinite(d)]
-    p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
-    return {
-        'delta': delta,
-        'ci95': [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
-        'p': p,
-        'n_boot': len(d),
-    }
+    return {'delta': float(full[1] - full[0]), 'ci95': [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+            'p': _two_sided_p(d), 'n_boot': len(d)}
 
 # %% ../nbs/06b_results.ipynb #7f1221e4
 def difference_table(grid: Grid, root: str | Path, name: str,
@@ -298,10 +301,8 @@ def seed_table(grid: Grid, root: str | Path, name: str,
     for runs in cells.values():
         row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(runs); row['per seed'] = MISSING
         if all(r.finished for r in runs):
-            y, scores = _aligned(runs)
-            idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-            full = np.array([100 * _mean_auc(y, s) for s in scores])
-            boot = _seed_boot(np.stack([100 * _mean_auc(y, s, idx) for s in scores]), seed)
+            full, per = _resampled_aucs(runs, n_boot, seed)
+            full, boot = 100 * full, _seed_boot(100 * per, seed)
             row.update({'Mean AUC (%)': full.mean(), 'SD across seeds': full.std(ddof=1) if len(full) > 1 else 0.0,
                         '95% CI low': np.percentile(boot, 2.5), '95% CI high': np.percentile(boot, 97.5),
                         'per seed': ', '.join(f'{v:.1f}' for v in full)})
@@ -326,16 +327,13 @@ def seed_difference_table(grid: Grid, root: str | Path, name: str,
         if sa != sb: raise ValueError(f'{name}: the runs are not paired by seed ({sa} vs {sb}).')
         row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(a_runs); row['per seed'] = MISSING
         if all(r.finished for r in [*a_runs, *b_runs]):
-            y, scores = _aligned([*a_runs, *b_runs])
             k = len(a_runs)
-            idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-            full = np.array([100 * (_mean_auc(y, scores[k + j]) - _mean_auc(y, scores[j])) for j in range(k)])
-            per = np.stack([100 * (_mean_auc(y, scores[k + j], idx) - _mean_auc(y, scores[j], idx)) for j in range(k)])
-            boot = _seed_boot(per, seed)
+            full, per = _resampled_aucs([*a_runs, *b_runs], n_boot, seed)
+            full, boot = 100 * (full[k:] - full[:k]), _seed_boot(100 * (per[k:] - per[:k]), seed)
             boot = boot[np.isfinite(boot)]
             row.update({'difference (points)': full.mean(), '95% CI low': np.percentile(boot, 2.5),
                         '95% CI high': np.percentile(boot, 97.5),
-                        'p (bootstrap)': float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))),
+                        'p (bootstrap)': _two_sided_p(boot),
                         'per seed': ', '.join(f'{v:+.1f}' for v in full)})
         rows.append(row); src.append(tuple(r.name for r in [*a_runs, *b_runs]))
     idx_ = pd.Index(list(pairs), name=index_name)
