@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .cache import cache_dataset
 from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, repo_root, write_json
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
-from .interpret import attention_maps, choose_gradcam_layer, compare_localisation, dataset_boxes, gradcam_maps
+from .interpret import (CEILING, attention_maps, choose_layer, compare_localisation, dataset_boxes, gradcam_maps,
+                             label_maps, localisation_differences, prior_maps)
 from .model import load_model
 from .pretrain import standin_file
 from .synthetic import make_synthetic, synthetic_to_chexpert
@@ -48,7 +49,7 @@ VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or t
     'one shared linear head': {'head': 'shared'},
     'fresh LT blocks': {'reuse_blocks': False},
     'label tokens from the CLS token': {'label_init': 'cls'},
-    'label parameters at 0.1x lr': {'label_lr_scale': 0.1},
+    'label parameters at 0.1x lr': {'readout_lr_scale': 0.1},
 }
 
 PRESETS: dict[str, dict] = {
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict] = {
         epochs=75,
         batch_size=256,
         lr=None,
+        layer_decay=0.55,  # Medical MAE's value for 12 blocks; the readouts of both arms at the head's rate
         augment='rand-m6-mstd0.5',
         drop_path=0.2,
         workers=8,
@@ -76,21 +78,23 @@ PRESETS: dict[str, dict] = {
             'DINO': ('vit_small_patch16_224.dino', 'small'),
             'MAE': ('vit_base_patch16_224.mae', 'base'),
         },
+        localisation=None,  # the main comparison's models (ViT-S/16 at 224 px: a 14x14 grid)
         loc_images=880,
         loc_val_images=300,
         n_examples=6,
         speed=dict(batch=64, reps=20),
     ),
     'quick': dict(
-        description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 8-px patches), 10 epochs, three stand-in '
-        'pre-trainings, 3 seeds; CPU',
+        description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 16-px patches), 20 epochs from stand-in '
+        'pre-trainings, 3 seeds; localisation on a model with 8-px patches; CPU',
         data='synthetic',
         size='tiny',
-        model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8',
+        model_args='embed_dim:96,depth:4,num_heads:3,patch_size:16',
         img_size=64,
-        epochs=10,
+        epochs=20,
         batch_size=32,
         lr=1.5e-3,
+        layer_decay=0.75,  # chosen for 4 blocks on validation (benchmarks/layer_decay.py)
         augment='none',
         drop_path=0.0,
         workers=0,
@@ -100,14 +104,16 @@ PRESETS: dict[str, dict] = {
         main_init='ImageNet',
         n_boot=1000,
         seeds=3,
-        patients=600,
+        patients=1500,
         weights=None,
         pretrain=dict(
             images=3000,
             batch_size=64,
-            epochs={'supervised': 20, 'dino': 8, 'mae': 30},
-            lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
+            epochs={'supervised': 20, 'dino': 10, 'mae': 60},
+            lr={'supervised': 1e-3, 'dino': 1.25e-4, 'mae': 1.5e-3},  # DINO: 5e-4 x batch / 256, its scaling rule
+            seeds={'supervised': 3, 'dino': 1, 'mae': 1},  # stand-ins pre-trained per seed (the cheap one: all 3)
         ),
+        localisation=dict(model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', epochs=20, init='ImageNet'),
         loc_images=200,
         loc_val_images=100,
         n_examples=6,
@@ -123,6 +129,7 @@ PRESETS: dict[str, dict] = {
         epochs=1,
         batch_size=16,
         lr=1e-3,
+        layer_decay=0.75,
         augment='none',
         drop_path=0.0,
         workers=0,
@@ -139,13 +146,16 @@ PRESETS: dict[str, dict] = {
             batch_size=32,
             epochs={'supervised': 1, 'dino': 1, 'mae': 1},
             lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
+            seeds={'supervised': 2, 'dino': 1, 'mae': 1},
         ),
+        localisation=dict(model_args='embed_dim:48,depth:2,num_heads:2,patch_size:4', epochs=1, init='ImageNet'),
         loc_images=8,
         loc_val_images=8,
         n_examples=2,
         speed=dict(batch=4, reps=1),
     ),
 }
+
 
 # %% ../nbs/06a_experiments.ipynb #6a406ef1
 DATASET_NAMES = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}
@@ -156,7 +166,7 @@ MODEL_NAMES = {'vit': 'ViT', 'ltvit': 'LT-ViT'}
 
 # %% ../nbs/06a_experiments.ipynb #ea9d1a5b
 def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
-    "Quick/tiny presets: the phantom data sets, the stand-in pre-training and its weights in three layouts."
+    "Quick/tiny presets: the phantom data sets, the stand-in pre-trainings (per stand-in seed) and a linear probe."
     syn = dict(n_patients=P['patients'], img_size=P['img_size'])
     g.add(Run('data-nih', dict(syn, seed=0, schema='nih'), 'task', 'ltvit.experiments:synthetic_data_task'))
     g.add(Run('data-chexpert', dict(syn, seed=2, schema='chexpert'), 'task', 'ltvit.experiments:synthetic_data_task'))
@@ -169,30 +179,33 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
     pre = P['pretrain']
     g.add(Run('pretrain-images', dict(n=pre['images'], seed=1, img_size=P['img_size']), 'task',
               'ltvit.pretrain:pretrain_images_task'))
-    weights = {}
+    weights, probe = {}, []
     for init, method in STANDINS.items():
-        epochs = pre['epochs'][method]
-        g.add(
-            Run(
-                f'pretrain-{init}',
-                dict(
-                    method=method,
-                    images='{run:pretrain-images}',
-                    model=f'vit_{P["size"]}_patch16_224',
-                    model_args=P['model_args'],
-                    img_size=P['img_size'],
-                    epochs=epochs,
-                    batch_size=pre['batch_size'],
-                    lr=pre['lr'][method],
-                    seed=0,
-                ),
-                'task',
-                'ltvit.pretrain:pretrain_task',
-                tags=[{'table': 'pretrain', 'init': init}],
-            )
-        )
-        weights[init] = (f'{{run:pretrain-{init}}}/{standin_file(method, epochs)}', P['size'],
-                         f'stand-in: {STANDIN_DESCRIPTIONS[method]}')
+        epochs, weights[init] = pre['epochs'][method], []
+        for s in range(pre['seeds'][method]):
+            name = f'pretrain-{init}' + (f'-seed{s}' if s else '')
+            params = dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
+                          model_args=P['model_args'], img_size=P['img_size'], epochs=epochs,
+                          batch_size=pre['batch_size'], lr=pre['lr'][method], seed=s)
+            g.add(Run(name, params, 'task', 'ltvit.pretrain:pretrain_task',
+                      tags=[{'table': 'pretrain', 'init': init, 'seed': s}]))
+            file = f'{{run:{name}}}/{standin_file(method, epochs)}'
+            weights[init].append((file, P['size'], f'stand-in: {STANDIN_DESCRIPTIONS[method]}'))
+            probe.append(f'{init} (stand-in seed {s})={file}')
+    loc = P.get('localisation')
+    if loc and loc['init'] in STANDINS:  # the localisation models' own stand-in, on their finer patch grid
+        method = STANDINS[loc['init']]; epochs = pre['epochs'][method]
+        name = f'pretrain-{loc["init"]}-localisation'
+        g.add(Run(name, dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
+                             model_args=loc['model_args'], img_size=P['img_size'], epochs=epochs,
+                             batch_size=pre['batch_size'], lr=pre['lr'][method], seed=0),
+                  'task', 'ltvit.pretrain:pretrain_task'))
+        weights[f'{loc["init"]}@localisation'] = [(f'{{run:{name}}}/{standin_file(method, epochs)}', P['size'],
+                                                   f'stand-in: {STANDIN_DESCRIPTIONS[method]}')]
+    g.add(Run('probe', dict(data='{run:data-nih}', patients=P['patients'], model=f'vit_{P["size"]}_patch16_224',
+                            model_args=P['model_args'], img_size=P['img_size'], weights=';'.join(probe),
+                            random_seeds=3, n_boot=P['n_boot']),
+              'task', 'ltvit.pretrain:probe_task', tags=[{'table': 'probe'}]))
     return data, weights
 
 def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
@@ -211,7 +224,7 @@ def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
             )
         )
     other = lambda size: '' if size == P['size'] else f' (ViT-{size[0].upper()}: another width than the other rows)'
-    weights = {k: (v[0], v[1], f'timm hub: {v[0]}{other(v[1])}') for k, v in P['weights'].items()}
+    weights = {k: [(v[0], v[1], f'timm hub: {v[0]}{other(v[1])}')] for k, v in P['weights'].items()}
     return data, weights
 
 # %% ../nbs/06a_experiments.ipynb #dcc2146e
@@ -230,6 +243,7 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         epochs=P['epochs'],
         batch_size=P['batch_size'],
         lr=P['lr'],
+        layer_decay=P['layer_decay'],
         augment=P['augment'],
         drop_path=P['drop_path'],
         workers=P['workers'],
@@ -238,22 +252,26 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         seed=0,
     )
     data, weights = (_synthetic_inputs(g, P, base) if synthetic else _real_inputs(g, P, nih_dir, chexpert_dir))
-    weights['random'] = ('none', P['size'], 'random initialisation')
+    weights['random'] = [('none', P['size'], 'random initialisation')]
+    recipe = f"layer decay {P['layer_decay']}"
 
-    def train_run(ds, arch, init, n2=None, variant=None, tags=(), seed=0):
-        w, size, source = weights[init]
+    def train_run(ds, arch, init, n2=None, variant=None, tags=(), seed=0, **change_params):
+        w, size, source = weights[init][seed % len(weights[init])]  # a stand-in per seed where there are several
         change = VARIANTS.get(variant, {})
         train_args = {k: v for k, v in change.items() if k in TrainConfig.parameter_names()}
         extra = [f'{k}:{v}' for k, v in change.items() if k not in train_args]
         margs = ','.join(a for a in [P['model_args'], *extra] if a)
         params = dict(base, **data[ds], model=f'{arch}_{size}_patch16_224', model_args=margs, pretrained=w,
                       **train_args, seed=seed)
+        if init == 'random': params['layer_decay'] = 1.0  # nothing pre-trained to protect
+        params.update(change_params)
         if arch == 'ltvit': params['n2'] = n2 or P['n2']
         if arch == 'vit' and init == 'MAE': params['vit_pool'] = 'avg'  # MAE weights are fine-tuned with avg pooling
         name = (
             f'{ds}-{arch}-{init}'
             + (f'-n2_{n2}' if n2 and n2 != P['n2'] else '')
             + (f'-{variant.replace(" ", "_")}' if variant else '')
+            + ('-no_layer_decay' if change_params.get('layer_decay') == 1.0 else '')
             + (f'-seed{seed}' if seed else '')
         )
         after = [] if synthetic else [f'cache-{ds}']
@@ -263,8 +281,11 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
     for seed in seeds:  # the main and initialisation tables: every cell trained with each seed
         for ds in ('nih', 'chexpert'):
             for arch in ('vit', 'ltvit'):
-                tag = {'table': 'main', 'dataset': names[ds], 'model': MODEL_NAMES[arch], 'init': main, 'seed': seed}
+                tag = {'table': 'main', 'dataset': names[ds], 'model': MODEL_NAMES[arch], 'init': main, 'seed': seed,
+                       'recipe': recipe}
                 train_run(ds, arch, main, tags=[tag], seed=seed)
+                if P['layer_decay'] < 1 and ds == 'nih':  # the same comparison without layer decay (NIH slot)
+                    train_run(ds, arch, main, tags=[dict(tag, recipe='no layer decay')], seed=seed, layer_decay=1.0)
         for init in INITS:
             for arch in ('vit', 'ltvit'):
                 tag = {'table': 'init', 'dataset': names['nih'], 'model': MODEL_NAMES[arch], 'init': init, 'seed': seed}
@@ -290,7 +311,16 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
             }
         ],
     )
-    g.add(Run('localisation', dict(lt_run='{run:nih-ltvit-' + main + '}', vit_run='{run:nih-vit-' + main + '}',
+    loc, loc_runs = P['localisation'], {}
+    for arch in ('ltvit', 'vit'):  # localisation: the main models, or a pair trained for it on a finer patch grid
+        if loc is None: loc_runs[arch] = f'nih-{arch}-{main}'; continue
+        w, size, source = weights.get(f"{loc['init']}@localisation", weights[loc['init']])[0]
+        params = dict(base, **data['nih'], model=f'{arch}_{size}_patch16_224', model_args=loc['model_args'],
+                      pretrained=w, epochs=loc['epochs'], **({'n2': P['n2']} if arch == 'ltvit' else {}))
+        if loc['init'] == 'random': params['layer_decay'] = 1.0
+        loc_runs[arch] = g.add(Run(f'loc-nih-{arch}-{loc["init"]}', params, tags=[
+            {'table': 'localisation_models', 'model': MODEL_NAMES[arch], 'weights': source}])).name
+    g.add(Run('localisation', dict(lt_run='{run:' + loc_runs['ltvit'] + '}', vit_run='{run:' + loc_runs['vit'] + '}',
                                    max_images=P['loc_images'], val_images=P['loc_val_images'],
                                    n_examples=P['n_examples'], n_boot=P['n_boot']), 'task',
               'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
@@ -360,28 +390,44 @@ def _layer_split(val, test, seed: int = 0) -> tuple[object, object, str]:
 
 def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 200, n_examples: int = 6,
                       val_images: int = 100, n_boot: int = 1000) -> dict:
-    "Localisation of LT-ViT attention, Grad-CAM on LT-ViT and on the ViT (layers chosen on validation), random maps."
+    "Localisation of LT-ViT attention and Grad-CAM on both models (sources chosen on validation), floors and ceiling."
     lt, cfg = _trained(lt_run); vit, vcfg = _trained(vit_run)
     if (cfg.dataset, cfg.data_dir) != (vcfg.dataset, vcfg.data_dir):
         raise ValueError(f'{lt_run} and {vit_run} used different data.')
     ds = build_datasets(cfg, verbose=False)[0]
     choose_on, test, chosen_on = _layer_split(ds['val'], ds['test'])
     layers, search = {}, []
-    for who, m in (('LT-ViT', lt), ('ViT', vit)):
-        layers[who], tab = choose_gradcam_layer(m, choose_on, max_images=val_images)
-        search.append(tab.reset_index().assign(model=who))
-    res = compare_localisation(lt, test, baseline=vit, max_images=max_images, layers=layers)
+    for key, who, m, meth in (('LT-ViT', 'LT-ViT', lt, 'gradcam'), ('ViT', 'ViT', vit, 'gradcam'),
+                              ('attention', 'LT-ViT', lt, 'attention')):
+        layers[key], tab = choose_layer(m, choose_on, max_images=val_images, method=meth)
+        search.append(tab.reset_index().assign(model=who, method='attention' if meth == 'attention' else 'Grad-CAM'))
+    size = test[0]['image'].shape[-1]
+    prior = prior_maps(dataset_boxes(choose_on, size), test.labels, (size, size))
+    res = compare_localisation(lt, test, baseline=vit, max_images=max_images, layers=layers, prior=prior)
     table, scores = res.table, res.scores
     out = Path(out)
     atomic_write(out / 'localisation.csv', table.reset_index(names='label').to_csv(index=False))
-    atomic_write(out / 'intervals.csv', res.intervals(n_boot).reset_index().to_csv(index=False))
+    iv = pd.concat([res.intervals(n_boot, group=g).reset_index().assign(group=g or 'all')
+                    for g in (None, 'focal', 'diffuse')])
+    atomic_write(out / 'intervals.csv', iv.to_csv(index=False))
+    methods = [m for m in scores if m not in ('random', 'prior map', CEILING)]
+    pairs = [(m, f) for m in methods for f in ('random', 'prior map')] + [
+        (m, 'ViT Grad-CAM') for m in methods if m.startswith('LT-ViT')]
+    level = 1 - 0.05 / 2  # Bonferroni over the two floors a method must beat (random, prior map)
+    diffs = pd.concat([localisation_differences(scores, pairs, col, n_boot, level=level, group=g)
+                       .assign(score=col, group=g or 'all')
+                       for col in ('pointing', 'patch pointing') for g in (None, 'focal', 'diffuse')])
+    atomic_write(out / 'differences.csv', diffs.to_csv(index=False))
     atomic_write(out / 'layer_search.csv', pd.concat(search).to_csv(index=False))
     atomic_write(out / 'scores.csv', pd.concat([s.assign(method=m) for m, s in scores.items()]).to_csv(index=False))
-    size = test[0]['image'].shape[-1]
     boxes = dataset_boxes(test, size)
-    pick = sorted(boxes)[:n_examples]  # the first test images that have a box
+    pick, seen = [], set()  # boxed test images, each showing a finding not shown yet (then any boxed image)
+    for i in sorted(boxes):
+        new = {b[0] for b in boxes[i]} - seen
+        if new and len(pick) < n_examples: pick.append(i); seen |= new
+    pick += [i for i in sorted(boxes) if i not in pick][:n_examples - len(pick)]
     x = torch.stack([test[i]['image'] for i in pick])
-    att, probs = attention_maps(lt, x)
+    att, probs = label_maps(lt, x, 'attention', layers['attention'])
     cam_lt, _ = gradcam_maps(lt, x, layer=layers['LT-ViT'])
     cam_vit, probs_vit = gradcam_maps(vit, x, layer=layers['ViT'])
     np.savez_compressed(
@@ -399,7 +445,7 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     write_json(out / 'example_boxes.json', {str(k): boxes[i] for k, i in enumerate(pick)})
     o = table.loc['overall']
     return {'pairs': int(o['random n']), 'images': len({r for r in scores['random']['image']}),
-            'gradcam_layers': layers, 'layers_chosen_on': chosen_on,
+            'layers': layers, 'layers_chosen_on': chosen_on,
             **{f'{c}': float(o[c]) for c in table.columns if not c.endswith(' n')}}
 
 # %% ../nbs/06a_experiments.ipynb #535eeb40
@@ -535,8 +581,8 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
 
 # %% ../nbs/06a_experiments.ipynb #4f224a05
 PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
-    'main_comparison': ('main',), 'initialisations': ('init', 'pretrain'), 'ablation_n2': ('ablation',),
-    'attention_maps': ('maps',), 'localisation': ('localisation',), 'speed': ('speed',),
+    'main_comparison': ('main',), 'initialisations': ('init', 'pretrain', 'probe'), 'ablation_n2': ('ablation',),
+    'attention_maps': ('maps',), 'localisation': ('localisation', 'localisation_models'), 'speed': ('speed',),
 }
 
 def runs_dir(preset: str, runs: str | Path | None = None) -> Path:

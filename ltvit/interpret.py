@@ -22,9 +22,10 @@ from .data import read_nih_boxes
 from .model import LTViT
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'METHOD_NAMES', 'attention_maps', 'gradcam_layers', 'gradcam_maps', 'label_maps', 'plot_maps',
-           'box_mask', 'localisation_scores', 'random_maps', 'summarise_localisation', 'localisation_intervals',
-           'label_specificity', 'dataset_boxes', 'LocalisationResult', 'compare_localisation', 'choose_gradcam_layer']
+__all__ = ['CAM_METHODS', 'FOCAL', 'METHOD_NAMES', 'FLOORS', 'CEILING', 'attention_maps', 'gradcam_layers', 'gradcam_maps',
+           'label_maps', 'plot_maps', 'box_mask', 'localisation_scores', 'random_maps', 'summarise_localisation',
+           'localisation_intervals', 'localisation_differences', 'label_specificity', 'dataset_boxes', 'prior_maps',
+           'perfect_maps', 'LocalisationResult', 'compare_localisation', 'map_sources', 'choose_layer']
 
 # %% ../nbs/04_interpret.ipynb #377ad6aa
 def _upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -39,18 +40,20 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def attention_maps(model: LTViT,  # a trained LT-ViT
                    x: torch.Tensor,  # images `(B, 3, H, W)`
-                   blocks: str = 'last',  # 'last' LT block, or 'mean' over the LT blocks
+                   blocks: str | int = 'last',  # 'last' LT block, 'mean' over the LT blocks, or an LT block's index
                    normalise: bool = True,  # each map sums to one over the image
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-label maps `(B, C, H, W)` from the label tokens' attention, and the model's probabilities `(B, C)`."
     if not hasattr(model, 'forward_lt'): raise TypeError(f'attention_maps needs an LT-ViT, got {type(model).__name__}.')
-    if blocks not in ('last', 'mean'): raise ValueError(f"blocks must be 'last' or 'mean', got {blocks!r}.")
+    n2 = model.n2
+    if blocks not in ('last', 'mean') and not (isinstance(blocks, int) and -n2 <= blocks < n2):
+        raise ValueError(f"blocks must be 'last', 'mean' or an LT block index in [0, {n2}), got {blocks!r}.")
     was_training = model.training
     model.eval()
     try: out = model.forward_lt(x, return_attention=True)
     finally: model.train(was_training)
     n_img, n_pre, (gh, gw), C = out['n_img'], out['n_prefix'], out['grid'], model.num_classes
-    atts = out['attention'] if blocks == 'mean' else out['attention'][-1:]
+    atts = {'mean': out['attention'], 'last': out['attention'][-1:]}.get(blocks) or [out['attention'][blocks]]
     maps = []
     for a in atts:  # (B, heads, C, N): label queries over all keys
         m = a[:, :, :, n_pre:n_img].float()  # label queries -> patch keys
@@ -101,9 +104,13 @@ def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
     maps = torch.stack(out, 1).float()  # (B, C, H, W), each in [0, 1]
     return (_normalise(maps + 1e-12) if normalise else maps), probs
 
-def label_maps(model, x, method: str = 'attention', layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "One interface for every map: 'attention', 'attention_mean' (LT-ViT only), 'gradcam', 'gradcam++' (at `layer`)."
-    if method == 'attention': return attention_maps(model, x, 'last')
+def label_maps(model, x,
+               method: str = 'attention',  # 'attention', 'attention_mean' (LT-ViT only), 'gradcam' or 'gradcam++'
+               layer: str | None = None,  # Grad-CAM: a `gradcam_layers` name; attention: 'last', 'mean' or a block
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    "One interface for every map and where it is taken from; the maps and the model's probabilities."
+    if method == 'attention':
+        return attention_maps(model, x, int(layer) if str(layer).lstrip('-').isdigit() else (layer or 'last'))
     if method == 'attention_mean': return attention_maps(model, x, 'mean')
     return gradcam_maps(model, x, method, layer=layer)
 
@@ -152,18 +159,27 @@ def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the 
                 if b == 0: ax.set_title(f'{l}\n{meth}', fontsize=9)
                 ax.text(0.03, 0.04, f'p={float(pr[meth][b, j]):.2f}', transform=ax.transAxes, fontsize=8, color='white',
                         bbox=dict(fc='black', alpha=0.6, pad=1.0, lw=0))
-                for (bl, x0, y0, w, h) in (boxes or {}).get(b, []):
-                    if bl == l: ax.add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan', lw=1.2))
+                for (bl, x0, y0, w, h) in (boxes or {}).get(b, []):  # this label's boxes solid, the others dashed
+                    own = bl == l
+                    ax.add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan' if own else 'white',
+                                           lw=1.2 if own else 0.6, ls='-' if own else '--', alpha=1 if own else 0.7))
+        for (bl, x0, y0, w, h) in (boxes or {}).get(b, []):  # the X-ray: every box, named
+            axs[b, 0].add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan', lw=1.0))
+            axs[b, 0].text(x0, y0 - 0.5, bl, color='cyan', fontsize=6, va='bottom')
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout(pad=0.4, rect=(0, 0, 1 - 0.7 / (panel * ncol + 0.9), 1))
-    cb = fig.colorbar(im, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01)
-    cb.set_label(('p x ' if weight else '') + 'map density (1 = uniform)', fontsize=8); cb.ax.tick_params(labelsize=7)
+    cb = fig.colorbar(im, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01, extend='max')
+    cb.set_label(('p x ' if weight else '') + f'map density (1 = uniform); clipped at {norm.vmax:.2g}, the 99.5th '
+                 'percentile of the panels', fontsize=7)
+    cb.ax.tick_params(labelsize=7)
     if path is not None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=200, bbox_inches='tight', metadata={'Software': None} if path.suffix == '.png' else None)
     return fig
 
 # %% ../nbs/04_interpret.ipynb #c27810e3
+FOCAL = ('Mass', 'Nodule')  # focal findings (small, one place); the others are diffuse or large
+
 def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:
     "A boolean `(H, W)` mask of the union of `(x, y, w, h)` boxes (pixels)."
     H, W = size
@@ -174,11 +190,18 @@ def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:
         m[ya:yb, xa:xb] = True
     return m
 
+def _peak_hit(mp: torch.Tensor, mk: torch.Tensor) -> bool:
+    "Whether a maximum of map `mp` lies in mask `mk` (ties: any maximum)."
+    if mp.max() <= 0: return False
+    peak = torch.nonzero(mp == mp.max())
+    return bool(mk[peak[:, 0], peak[:, 1]].any())
+
 def localisation_scores(maps: torch.Tensor,  # `(B, C, H, W)`
                         boxes: dict,  # image index -> list of (label, x, y, w, h), pixels of the map's frame
                         labels: Sequence[str],
+                        grid: tuple[int, int] | None = None,  # the model's patch grid, for patch-level pointing
                        ) -> pd.DataFrame:
-    "Pointing-game hit and energy in box for every (image, label) that has a box."
+    "Pointing-game hit (pixel, and patch level on `grid`) and energy in box for every (image, label) with a box."
     rows = []
     H, W = maps.shape[-2:]
     for b, bl in boxes.items():
@@ -187,58 +210,95 @@ def localisation_scores(maps: torch.Tensor,  # `(B, C, H, W)`
             j = list(labels).index(l)
             mk = box_mask([x[1:] for x in bl if x[0] == l], (H, W))
             mp = maps[b, j].float().clamp_min(0)
-            peak = torch.nonzero(mp == mp.max())  # ties: a hit if any maximum is inside
-            hit = bool(mk[peak[:, 0], peak[:, 1]].any()) if mp.max() > 0 else False
-            energy = float(mp[mk].sum() / mp.sum().clamp_min(1e-12))
-            rows.append(
-                {
-                    'image': b,
-                    'label': l,
-                    'pointing': float(hit),
-                    'energy': energy,
-                    'box_fraction': float(mk.float().mean()),
-                }
-            )
-    return pd.DataFrame(rows, columns=['image', 'label', 'pointing', 'energy', 'box_fraction'])
+            row = {'image': b, 'label': l, 'pointing': float(_peak_hit(mp, mk)),
+                   'energy': float(mp[mk].sum() / mp.sum().clamp_min(1e-12)), 'box_fraction': float(mk.float().mean())}
+            if grid:  # the peak patch (map averaged per patch) hits when the box covers any part of it
+                pm = F.adaptive_avg_pool2d(mp[None, None], grid)[0, 0]
+                pk = F.adaptive_max_pool2d(mk[None, None].float(), grid)[0, 0] > 0
+                row['patch pointing'] = float(_peak_hit(pm, pk))
+            rows.append(row)
+    cols = ['image', 'label', 'pointing', 'energy', 'box_fraction'] + (['patch pointing'] if grid else [])
+    return pd.DataFrame(rows, columns=cols)
 
 def random_maps(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     "The floor: i.i.d. uniform maps of `shape`."
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
 
+def _score_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in ('pointing', 'patch pointing', 'energy') if c in df.columns]
+
 def summarise_localisation(scores: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    "Per-label and overall pointing game and energy in box, one column pair per method."
+    "Per-label, focal, diffuse and overall scores (pointing, patch pointing, energy in box), columns per method."
     out = []
     for meth, df in scores.items():
-        per = df.groupby('label')[['pointing', 'energy']].mean()
-        per.loc['overall'] = df[['pointing', 'energy']].mean()
-        per['n'] = df.groupby('label').size().reindex(per.index).fillna(len(df)).astype(int)
+        cols = _score_columns(df)
+        per = df.groupby('label')[cols].mean()
+        n = df.groupby('label').size()
+        focal = df['label'].isin(FOCAL)
+        for name, part in (('focal', df[focal]), ('diffuse', df[~focal]), ('overall', df)):
+            per.loc[name] = part[cols].mean() if len(part) else np.nan
+            n[name] = len(part)
+        per['n'] = n.reindex(per.index).astype(int)
         out.append(per.add_prefix(f'{meth} '))
     return pd.concat(out, axis=1)
 
 # %% ../nbs/04_interpret.ipynb #3f57789e
-def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
-                           n_boot: int = 1000, seed: int = 0,
-                           columns: Sequence[str] = ('pointing', 'energy'),  # the per-row scores to average
-                          ) -> pd.DataFrame:
-    "Overall pointing game and energy in box (or other `columns`) per method, with bootstrap 95% intervals over images."
+def _bootstrap_means(scores: dict[str, pd.DataFrame], columns: Sequence[str], n_boot: int, seed: int) -> dict:
+    "Per method and column: the mean over rows and its bootstrap resamples over images (the same draws for all)."
     images = sorted(set().union(*(set(df['image']) for df in scores.values())))
     if not images: raise ValueError('No scored (image, label) pairs.')
     pos = {im: k for k, im in enumerate(images)}
     draws = np.random.default_rng(seed).integers(0, len(images), size=(n_boot, len(images)))
     counts = np.stack([np.bincount(d, minlength=len(images)) for d in draws])  # (n_boot, images)
-    rows = {}
+    out = {}
     for meth, df in scores.items():
         k = df['image'].map(pos).to_numpy()
         n = np.bincount(k, minlength=len(images)).astype(float)
-        row = {'pairs': len(df), 'images': int((n > 0).sum())}
+        out[meth] = {'pairs': len(df), 'images': int((n > 0).sum())}
         for col in columns:
             s = np.bincount(k, weights=df[col].to_numpy(float), minlength=len(images))
-            boot = (counts @ s) / np.maximum(counts @ n, 1e-12)
-            row.update({col: float(s.sum() / n.sum()), f'{col} low': float(np.percentile(boot, 2.5)),
-                        f'{col} high': float(np.percentile(boot, 97.5))})
-        rows[meth] = row
+            out[meth][col] = (float(s.sum() / max(n.sum(), 1e-12)), (counts @ s) / np.maximum(counts @ n, 1e-12))
+    return out
+
+def _select(scores: dict[str, pd.DataFrame], group: str | None) -> dict[str, pd.DataFrame]:
+    "The rows of a label group: None (all), 'focal' (`FOCAL`) or 'diffuse' (the rest)."
+    if group is None: return scores
+    if group not in ('focal', 'diffuse'): raise ValueError(f"group must be None, 'focal' or 'diffuse', got {group!r}.")
+    return {m: df[df['label'].isin(FOCAL) == (group == 'focal')] for m, df in scores.items()}
+
+def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
+                           n_boot: int = 1000, seed: int = 0,
+                           columns: Sequence[str] | None = None,  # the per-row scores to average (None: all scores)
+                           group: str | None = None,  # None (all labels), 'focal' or 'diffuse'
+                          ) -> pd.DataFrame:
+    "Overall pointing game and energy in box (or other `columns`) per method, with bootstrap 95% intervals over images."
+    scores = _select(scores, group)
+    columns = list(columns or _score_columns(next(iter(scores.values()))))
+    rows = {}
+    for meth, r in _bootstrap_means(scores, columns, n_boot, seed).items():
+        rows[meth] = {'pairs': r['pairs'], 'images': r['images']}
+        for col in columns:
+            v, boot = r[col]
+            rows[meth].update({col: v, f'{col} low': float(np.percentile(boot, 2.5)),
+                               f'{col} high': float(np.percentile(boot, 97.5))})
     cols = [f'{c}{s}' for c in columns for s in ('', ' low', ' high')] + ['pairs', 'images']
     return pd.DataFrame.from_dict(rows, orient='index')[cols].rename_axis('method')
+
+def localisation_differences(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
+                             pairs: Sequence[tuple[str, str]],  # (method, reference): method - reference
+                             column: str = 'pointing', n_boot: int = 1000, seed: int = 0,
+                             level: float = 0.95,  # the interval's coverage (e.g. Bonferroni: 1 - 0.05 / comparisons)
+                             group: str | None = None) -> pd.DataFrame:
+    "Paired differences between methods on the same images (same resamples), with a bootstrap interval."
+    b = _bootstrap_means(_select(scores, group), [column], n_boot, seed)
+    rows = []
+    for m, ref in pairs:
+        (vm, bm), (vr, br) = b[m][column], b[ref][column]
+        d = bm - br
+        rows.append({'method': m, 'reference': ref, 'difference': vm - vr,
+                     'low': float(np.percentile(d, 50 * (1 - level))), 'high': float(np.percentile(d, 50 * (1 + level))),
+                     'level': level})
+    return pd.DataFrame(rows)
 
 def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image
                       grid: tuple[int, int] | None = None,  # the patch grid peaks are compared on (None: pixels)
@@ -267,24 +327,47 @@ def dataset_boxes(ds, size: int) -> dict:
         if r.label in ds.labels: out.setdefault(pos[r.id], []).append((r.label, r.x, r.y, r.w, r.h))
     return out
 
+def prior_maps(boxes: dict,  # image -> [(label, x, y, w, h)], of images that are not scored (validation)
+               labels: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
+    "The image-blind floor: per label, the mean box mask over `boxes` (uniform for a label without boxes), `(C, H, W)`."
+    out = torch.ones(len(labels), *size)
+    for j, l in enumerate(labels):
+        masks = [box_mask([b[1:] for b in bl if b[0] == l], size).float() for bl in boxes.values()
+                 if any(b[0] == l for b in bl)]
+        if masks: out[j] = torch.stack(masks).mean(0)
+    return _normalise(out[None])[0]
+
+def perfect_maps(boxes: dict,  # batch position -> [(label, x, y, w, h)]
+                 labels: Sequence[str], size: tuple[int, int], grid: tuple[int, int], n: int) -> torch.Tensor:
+    "The ceiling at the patch grid: each box mask averaged per patch, upsampled as attention maps are, `(n, C, H, W)`."
+    out = torch.ones(n, len(labels), *grid)
+    for b, bl in boxes.items():
+        for j, l in enumerate(labels):
+            if any(x[0] == l for x in bl):
+                mk = box_mask([x[1:] for x in bl if x[0] == l], size).float()
+                out[b, j] = F.adaptive_avg_pool2d(mk[None, None], grid)[0, 0]
+    return _normalise(_upsample(out, size))
+
 METHOD_NAMES = {
     'attention': 'attention',
     'attention_mean': 'attention (mean)',
     'gradcam': 'Grad-CAM',
     'gradcam++': 'Grad-CAM++',
 }
+FLOORS = ('random', 'prior map')  # what a map that ignores the image (or everything) reaches
+CEILING = 'perfect map (patch grid)'
 
 @dataclass
 class LocalisationResult:
     "What `compare_localisation` measured: per-label table, per-pair scores, per-image specificity, layers used."
-    table: pd.DataFrame  # per label and overall: '<method> pointing', '<method> energy', '<method> n'
+    table: pd.DataFrame  # per label, focal, diffuse and overall: '<method> pointing', ... '<method> n'
     scores: dict[str, pd.DataFrame]  # method -> one row per (image, label) with a box
     specificity: dict[str, pd.DataFrame]  # method -> one row per image: 'map correlation', 'same peak'
-    layers: dict[str, str] = field(default_factory=dict)  # model ('LT-ViT', 'ViT') -> its Grad-CAM layer
+    layers: dict[str, str] = field(default_factory=dict)  # 'LT-ViT', 'ViT': Grad-CAM layer; 'attention': LT block
 
-    def intervals(self, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-        "Per method: pointing game, energy in box and specificity, each with a 95% bootstrap interval over images."
-        out = localisation_intervals(self.scores, n_boot, seed)
+    def intervals(self, n_boot: int = 1000, seed: int = 0, group: str | None = None) -> pd.DataFrame:
+        "Per method: pointing (pixel, patch), energy in box and specificity, each with a 95% bootstrap interval."
+        out = localisation_intervals(self.scores, n_boot, seed, group=group)
         sp = localisation_intervals(self.specificity, n_boot, seed, columns=('map correlation', 'same peak'))
         return out.join(sp.drop(columns=['pairs', 'images']))
 
@@ -302,40 +385,49 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
                          baseline: torch.nn.Module | None = None,  # a trained plain ViT on the same labels
                          methods: Sequence[str] = ('attention', 'gradcam'),
                          max_images: int = 64, batch_size: int = 16, seed: int = 0,
-                         layers: dict[str, str] | None = None,  # Grad-CAM layer per model ('LT-ViT', 'ViT'); else last
+                         layers: dict[str, str] | None = None,  # 'LT-ViT'/'ViT': Grad-CAM layer; 'attention': block
+                         prior: torch.Tensor | None = None,  # `prior_maps` of another split: the image-blind floor
                         ) -> LocalisationResult:
-    "Localisation of every method on up to `max_images` boxed images: scores, table, label specificity."
+    "Localisation of every method, the floors and the ceiling on up to `max_images` boxed images."
     name = lambda m: METHOD_NAMES.get(m, m)
     models = {'LT-ViT': model, **({'ViT': baseline} if baseline is not None else {})}
-    layers = {k: (layers or {}).get(k) or list(gradcam_layers(m))[-1] for k, m in models.items()}
+    layers = {**{k: list(gradcam_layers(m))[-1] for k, m in models.items()}, 'attention': 'last', **(layers or {})}
+    pick = lambda who, meth: layers['attention'] if meth == 'attention' else layers[who]
     runs = [(f'LT-ViT {name(m)}', 'LT-ViT', m) for m in methods] + (
         [(f'ViT {name(m)}', 'ViT', m) for m in methods if m.startswith('gradcam')] if baseline is not None else [])
-    parts = {n: [] for n, _, _ in runs} | {'random': []}
-    spec = {n: [] for n in parts}
+    names = [n for n, _, _ in runs] + ['random'] + (['prior map'] if prior is not None else []) + [CEILING]
+    parts, spec = {n: [] for n in names}, {n: [] for n in names if n != CEILING}
     grid = tuple(model.patch_embed.grid_size)
     for k, chunk, x, bx in _boxed_batches(ds, max_images, batch_size):
-        maps = {n: label_maps(models[who], x, meth, layers[who])[0] for n, who, meth in runs}
-        maps['random'] = random_maps((len(chunk), len(ds.labels), *x.shape[-2:]), seed + k)
+        size, C = tuple(x.shape[-2:]), len(ds.labels)
+        maps = {n: label_maps(models[who], x, meth, pick(who, meth))[0] for n, who, meth in runs}
+        maps['random'] = random_maps((len(chunk), C, *size), seed + k)
+        if prior is not None: maps['prior map'] = prior[None].expand(len(chunk), -1, -1, -1)
+        maps[CEILING] = perfect_maps(bx, ds.labels, size, grid, len(chunk))
         for n, mp in maps.items():
-            parts[n].append(
-                localisation_scores(mp, bx, ds.labels).assign(image=lambda d: d['image'].map(dict(enumerate(chunk))))
-            )
-            if len(ds.labels) > 1: spec[n].append(label_specificity(mp, grid).assign(image=chunk))
+            sc = localisation_scores(mp, bx, ds.labels, grid)
+            parts[n].append(sc.assign(image=lambda d: d['image'].map(dict(enumerate(chunk)))))
+            if n in spec and C > 1: spec[n].append(label_specificity(mp, grid).assign(image=chunk))
     scores = {n: pd.concat(p, ignore_index=True) for n, p in parts.items()}
     specificity = {n: pd.concat(p, ignore_index=True) for n, p in spec.items() if p}
     return LocalisationResult(summarise_localisation(scores), scores, specificity, layers)
 
-def choose_gradcam_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
-                         ds,  # a split with boxes that is not the one scored (validation)
-                         max_images: int = 100, batch_size: int = 16, method: str = 'gradcam',
-                         candidates: Sequence[str] | None = None,  # layer names (default: every `gradcam_layers`)
-                        ) -> tuple[str, pd.DataFrame]:
-    "The Grad-CAM layer with the best pointing game on `ds`'s boxes (ties: energy), and every candidate's scores."
-    candidates = list(candidates or gradcam_layers(model))
+def map_sources(model: torch.nn.Module, method: str = 'gradcam') -> list[str]:
+    "Where a method's maps can come from: Grad-CAM's layers, or attention's LT blocks ('0', '1', ...) and 'mean'."
+    if method == 'attention': return [str(i) for i in range(model.n2)] + ['mean']
+    return list(gradcam_layers(model))
+
+def choose_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
+                 ds,  # a split with boxes that is not the one scored (validation)
+                 max_images: int = 100, batch_size: int = 16,
+                 method: str = 'gradcam',  # 'gradcam', 'gradcam++' or 'attention' (LT-ViT)
+                 candidates: Sequence[str] | None = None,  # default: every `map_sources`
+                ) -> tuple[str, pd.DataFrame]:
+    "The layer (Grad-CAM) or LT block (attention) with the best pointing game on `ds`'s boxes (ties: energy)."
+    candidates = list(candidates or map_sources(model, method))
     parts = {c: [] for c in candidates}
     for _, _, x, bx in _boxed_batches(ds, max_images, batch_size):
-        for c in candidates:
-            parts[c].append(localisation_scores(gradcam_maps(model, x, method, layer=c)[0], bx, ds.labels))
+        for c in candidates: parts[c].append(localisation_scores(label_maps(model, x, method, c)[0], bx, ds.labels))
     table = pd.DataFrame({c: pd.concat(p)[['pointing', 'energy']].mean() for c, p in parts.items()}).T
     table['pairs'] = [sum(len(d) for d in parts[c]) for c in candidates]
     best = max(candidates, key=lambda c: (table.loc[c, 'pointing'], table.loc[c, 'energy']))

@@ -11,7 +11,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,13 @@ from torch import nn
 from .cache import _resize
 from .core import CXR_MEAN, CXR_STD, atomic_write, seed_everything, write_json
 from .synthetic import PREVALENCE, Anatomy, render, sample_findings
-from .train import parse_model_args
+from .train import auc_report, parse_model_args
 
 # %% auto #0
-__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'pretrain_images', 'make_backbone', 'pretrain_supervised', 'augment_views',
-           'WeightNormLinear', 'DINOHead', 'MultiCropWrapper', 'pretrain_dino', 'MaskedAutoencoder', 'pretrain_mae',
-           'standin_file', 'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task', 'pretrain_task']
+__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'pretrain_supervised', 'augment_views',
+           'WeightNormLinear', 'DINOHead', 'MultiCropWrapper', 'dino_momentum', 'pretrain_dino', 'MaskedAutoencoder',
+           'pretrain_mae', 'standin_file', 'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task',
+           'pretrain_task', 'frozen_features', 'linear_probe', 'probe_task']
 
 # %% ../nbs/03a_pretrain.ipynb #84d89496
 ATTRIBUTES = ('rotation', 'scale', 'shift_x', 'shift_y', 'exposure', 'gamma', 'body', 'lung_h')
@@ -158,12 +159,21 @@ class MultiCropWrapper(nn.Module):
     def forward(self, x): return self.head(self.backbone(x))
 
 # %% ../nbs/03a_pretrain.ipynb #a15fd423
+def dino_momentum(steps: int) -> float:
+    "The teacher's base EMA momentum for a run of `steps`: DINO's 0.996, or lower when the run is short."
+    return min(0.996, 1 - 10 / steps)  # sum of (1 - m) over the cosine schedule = 5: e^-5 < 1% of the init is left
+
 def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: np.ndarray, epochs: int = 10,
-                  batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.04, momentum: float = 0.996,
-                  student_temp: float = 0.1, teacher_temp: float = 0.01, center_momentum: float = 0.9,
+                  batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.04,
+                  momentum: float | None = None,  # the teacher's base EMA momentum (None: `dino_momentum(steps)`)
+                  student_temp: float = 0.1,
+                  teacher_temp: float = 0.07,  # the teacher's final temperature (DINO: 0.04 to 0.07)
+                  warmup_teacher_temp: float = 0.04,  # its temperature at the start, raised linearly to `teacher_temp`
+                  warmup_teacher_epochs: float = 0.3,  # the warm-up, as a fraction of the epochs (DINO: 30 of 100)
+                  center_momentum: float = 0.9,
                   freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
                   seed: int = 0, log=print) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
-    "DINO self-distillation; the history (loss, teacher entropy), the final centre and the optimizer."
+    "DINO self-distillation; the history (loss, teacher entropy, temperature, momentum), the final centre, the optimizer."
     seed_everything(seed)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters(): p.requires_grad_(False)
@@ -171,18 +181,22 @@ def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: 
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = max(1, len(x) // batch_size); steps = epochs * per_epoch
-    set_lr, gen, hist, step = _schedule(opt, steps, per_epoch, lr), torch.Generator().manual_seed(seed), [], 0
+    momentum = dino_momentum(steps) if momentum is None else momentum
+    warm = max(1, round(warmup_teacher_epochs * epochs))
+    temps = np.concatenate([np.linspace(warmup_teacher_temp, teacher_temp, warm), np.full(epochs, teacher_temp)])
+    set_lr = _schedule(opt, steps, max(per_epoch, steps // 10), lr)  # DINO: 10 of 100 epochs of warm-up
+    gen, hist, step = torch.Generator().manual_seed(seed), [], 0
     out_dim = student.head.last_layer.weight_v.shape[0]
     center = torch.zeros(1, out_dim)
     def cross(t, s): return -(t * F.log_softmax(s / student_temp, -1)).sum(-1).mean()
     for ep in range(epochs):
-        student.train(); teacher.train(); losses, ents = [], []
+        student.train(); teacher.train(); losses, ents, used, tt = [], [], [], float(temps[ep])
         for idx in _batches(len(x), batch_size, gen):
             set_lr(step)
             v1, v2 = (_to_input(augment_views(x[idx], gen)) for _ in range(2))
             with torch.no_grad():
                 t1, t2 = teacher(v1), teacher(v2)
-                q1, q2 = (F.softmax((t - center) / teacher_temp, -1) for t in (t1, t2))
+                q1, q2 = (F.softmax((t - center) / tt, -1) for t in (t1, t2))
             s1, s2 = student(v1), student(v2)
             loss = (cross(q1, s2) + cross(q2, s1)) / 2
             opt.zero_grad(set_to_none=True); loss.backward()
@@ -193,11 +207,14 @@ def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: 
                 for ps, pt in zip(student.parameters(), teacher.parameters()): pt.mul_(m).add_(ps.detach(), alpha=1 - m)
                 center = center_momentum * center + (1 - center_momentum) * torch.cat([t1, t2]).mean(0, keepdim=True)
             losses.append(loss.item()); ents.append(float(-(q1 * q1.clamp_min(1e-12).log()).sum(-1).mean()))
-        hist.append({'epoch': ep + 1, 'loss': float(np.mean(losses)), 'teacher_entropy': float(np.mean(ents))})
+            q = q1.mean(0); used.append(float(-(q * q.clamp_min(1e-12).log()).sum()))  # prototypes in use
+        hist.append({'epoch': ep + 1, 'loss': float(np.mean(losses)), 'teacher_entropy': float(np.mean(ents)),
+                     'batch_entropy': float(np.mean(used)), 'teacher_temp': tt, 'momentum': m})
         log(
             f'DINO epoch {ep + 1}/{epochs}: loss {hist[-1]["loss"]:.3f}, '
-            f'teacher entropy {hist[-1]["teacher_entropy"]:.3f} '
-            f'(collapse: 0 or log {out_dim} = {math.log(out_dim):.2f})'
+            f'teacher entropy {hist[-1]["teacher_entropy"]:.3f} per image, {hist[-1]["batch_entropy"]:.3f} over the '
+            f'batch (collapse: per image near log {out_dim} = {math.log(out_dim):.2f}, or batch near 0), '
+            f'temperature {tt:.3f}, momentum {m:.4f}'
         )
     return pd.DataFrame(hist), center, opt
 
@@ -343,3 +360,68 @@ def pretrain_task(out: Path, method: str, images: str, model: str, model_args: s
            'final_loss': float(hist['loss'].iloc[-1]), **summary}
     write_json(out / 'pretrain.json', res)
     return res
+
+# %% ../nbs/03a_pretrain.ipynb #b7e1a0c2
+@torch.no_grad()
+def frozen_features(backbone: VisionTransformer,  # a timm ViT (any head: its tokens are read)
+                    images: torch.Tensor,  # normalised images `(N, 3, H, W)`
+                    batch_size: int = 256) -> np.ndarray:
+    "Each image's frozen feature: the final CLS token beside the mean of the patch tokens, `(N, 2D)`."
+    backbone.eval(); out = []
+    for k in range(0, len(images), batch_size):
+        t = backbone.forward_features(images[k:k + batch_size])
+        out.append(torch.cat([t[:, 0], t[:, backbone.num_prefix_tokens:].mean(1)], -1))
+    return torch.cat(out).numpy()
+
+# %% ../nbs/03a_pretrain.ipynb #b7e1a0c3
+PROBE_C = (0.01, 0.1, 1.0, 10.0)  # inverse regularisation strengths tried on validation
+
+def linear_probe(feats: dict[str, np.ndarray],  # split ('train', 'val', 'test') -> features `(N, F)`
+                 targets: dict[str, np.ndarray],  # split -> labels `(N, C)` in {0, 1}
+                 labels: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    "Logistic regression per label on frozen features (C chosen on validation mean AUC); its test `auc_report`."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    scale = StandardScaler().fit(feats['train'])
+    f = {s: scale.transform(v) for s, v in feats.items()}
+    def scores(C, split):
+        p = np.full(targets[split].shape, 0.5)
+        for j in range(len(labels)):
+            y = targets['train'][:, j]
+            if y.min() == y.max(): continue  # one class in training: no probe, a constant score
+            lr = LogisticRegression(C=C, max_iter=2000).fit(f['train'], y)
+            p[:, j] = lr.predict_proba(f[split])[:, 1]
+        return p
+    val = {C: auc_report(targets['val'], scores(C, 'val'), labels, n_boot=0)['mean_auc'] for C in PROBE_C}
+    best = max(PROBE_C, key=lambda C: val[C])
+    rep = auc_report(targets['test'], scores(best, 'test'), labels, n_boot=n_boot, seed=seed)
+    return {**rep, 'C': best, 'val_mean_auc': val[best]}
+
+# %% ../nbs/03a_pretrain.ipynb #b7e1a0c4
+def probe_task(out: Path, data: str,  # the fine-tuning data set folder (synthetic phantoms, NIH layout)
+               patients: int, model: str, model_args: str, img_size: int,
+               weights: str,  # 'name=file;name=file' (pre-trained stand-ins; every layout `load_pretrained` reads)
+               random_seeds: int = 3,  # random initialisations probed, the floor
+               n_boot: int = 1000) -> dict:
+    "Linear probes of every stand-in and of `random_seeds` random initialisations on the findings; `probe.csv`."
+    from .model import load_pretrained
+    from .train import TrainConfig, build_datasets
+    c = TrainConfig(dataset='synthetic', data_dir=data, synthetic_patients=patients, img_size=img_size,
+                    model='vit_tiny_patch16_224', augment='none', preload=True, workers=0).resolved()
+    ds = build_datasets(c, verbose=False)[0]
+    x = {s: torch.stack([d[i]['image'] for i in range(len(d))]) for s, d in ds.items()}
+    y = {s: d.targets for s, d in ds.items()}
+    labels = ds['train'].labels
+    inits = [tuple(w.split('=', 1)) for w in weights.split(';') if w]
+    inits += [(f'random (seed {s})', None, s) for s in range(random_seeds)]
+    rows = []
+    for name, file, *seed in inits:
+        seed_everything(seed[0] if seed else 0)
+        net = make_backbone(model, model_args, img_size)
+        if file: load_pretrained(net, file, verbose=False)
+        rep = linear_probe({s: frozen_features(net, v) for s, v in x.items()}, y, labels, n_boot)
+        rows.append({'initial weights': name, 'test mean AUC': rep['mean_auc'], 'low': rep['mean_auc_ci95'][0],
+                     'high': rep['mean_auc_ci95'][1], 'val mean AUC': rep['val_mean_auc'], 'C': rep['C']})
+    table = pd.DataFrame(rows)
+    atomic_write(Path(out) / 'probe.csv', table.to_csv(index=False))
+    return {r['initial weights']: round(r['test mean AUC'], 4) for r in rows}

@@ -22,9 +22,10 @@ from .grid import Grid, run_state
 from .train import fast_auc
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table',
-           'paired_auc_difference', 'difference_table', 'seed_runs', 'seed_table', 'seed_difference_table',
-           'constant_table', 'Artefacts', 'page_summary']
+__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table',
+           'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs', 'seed_table',
+           'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level', 'verdict',
+           'page_verdict']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -318,9 +319,13 @@ def seed_table(grid: Grid, root: str | Path, name: str,
 
 def seed_difference_table(grid: Grid, root: str | Path, name: str,
                           pairs: dict[str, tuple[list[RunResult], list[RunResult]]],  # row -> (a runs, b runs) by seed
-                          index_name: str = 'comparison', n_boot: int = 1000, seed: int = 0) -> ResultTable:
+                          index_name: str = 'comparison', n_boot: int = 1000, seed: int = 0,
+                          comparisons: int = 1,  # tests of one claim: > 1 adds Bonferroni-corrected intervals
+                         ) -> ResultTable:
     "Mean-AUC differences `b - a` (points) paired seed by seed on the same images, combined over seeds, with intervals."
     cols = ['difference (points)', '95% CI low', '95% CI high', 'p (bootstrap)', 'seeds', 'per seed']
+    if comparisons > 1: cols[3:3] = ['corrected CI low', 'corrected CI high']
+    tail = 100 * 0.05 / (2 * comparisons)  # the corrected interval's tails: 1 - 0.05 / comparisons coverage
     rows, src = [], []
     for a_runs, b_runs in pairs.values():
         sa = [r.tag.get('seed', 0) for r in a_runs]; sb = [r.tag.get('seed', 0) for r in b_runs]
@@ -335,12 +340,16 @@ def seed_difference_table(grid: Grid, root: str | Path, name: str,
                         '95% CI high': np.percentile(boot, 97.5),
                         'p (bootstrap)': _two_sided_p(boot),
                         'per seed': ', '.join(f'{v:+.1f}' for v in full)})
+            if comparisons > 1:
+                row.update({'corrected CI low': np.percentile(boot, tail),
+                            'corrected CI high': np.percentile(boot, 100 - tail)})
         rows.append(row); src.append(tuple(r.name for r in [*a_runs, *b_runs]))
     idx_ = pd.Index(list(pairs), name=index_name)
     values = pd.DataFrame(rows, index=idx_, columns=cols)
     sources = pd.DataFrame([[s] * len(cols) for s in src], index=idx_, columns=cols)
     runs = {r.name: r for ab in pairs.values() for rs in ab for r in rs}
-    fm = {**dict.fromkeys(cols[:3], '+.2f'), 'p (bootstrap)': '.3f', 'seeds': '.0f'}
+    fm = {**dict.fromkeys([c for c in cols if 'CI' in c or c.startswith('diff')], '+.2f'), 'p (bootstrap)': '.3f',
+          'seeds': '.0f'}
     return ResultTable(name, values, sources, runs, grid, Path(root), fm)
 
 # %% ../nbs/06b_results.ipynb #4bfb46a4
@@ -470,3 +479,38 @@ def page_summary(claim: str,  # the claim the page tests, one sentence
     from IPython.display import Markdown
     said = numbers or 'nothing yet: some runs are not finished (the report above names them and the command).'
     return Markdown(f'**{claim}** {preset_note} **What the numbers say:** {said}')
+
+# %% ../nbs/06b_results.ipynb #e5c1a0d2
+VERDICTS = ('supported', 'not supported', 'contradicted', 'cannot be tested at this scale')
+COMPETENT_AUC = 0.80  # mean test AUC a model must reach before its comparison says anything
+
+def corrected_level(comparisons: int, alpha: float = 0.05) -> float:
+    "Bonferroni: each interval's coverage so that `comparisons` intervals hold together with probability 1 - alpha."
+    if comparisons < 1: raise ValueError(f'comparisons must be at least 1, got {comparisons}.')
+    return 1 - alpha / comparisons
+
+def verdict(low: Sequence[float],  # each difference's corrected lower bound
+            high: Sequence[float],  # and upper bound
+            testable: bool = True,  # False: the experiment cannot tell (say why beside the verdict)
+           ) -> str:
+    "The verdict on a claim that every difference is positive, from its corrected intervals (one of `VERDICTS`)."
+    if not testable: return VERDICTS[3]
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    if not len(low) or len(low) != len(high) or not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f'verdict needs one finite interval per difference, got low={low}, high={high}.')
+    if (high < 0).any(): return 'contradicted'
+    return 'supported' if (low > 0).all() else 'not supported'
+
+# %% ../nbs/06b_results.ipynb #e5c1a0d3
+def page_verdict(claim: str,  # the claim, as the paper states it
+                 result: str,  # one of `VERDICTS`
+                 evidence: str,  # the numbers the verdict rests on, in words
+                 scope: str,  # the data and preset the verdict is about
+                ):
+    "The verdict block a result page opens with, as Markdown."
+    from IPython.display import Markdown
+    if result not in VERDICTS: raise ValueError(f'result={result!r}: expected one of {VERDICTS}.')
+    return Markdown(f'> **Verdict: {result}.** {claim}  \n> *Scope:* {scope}  \n> *Evidence:* {evidence}  \n'
+                    '> *Rule:* every difference the claim predicts positive must have its interval, Bonferroni-corrected '
+                    'for the number of differences, above 0 (supported); one below 0 contradicts it; otherwise not '
+                    'supported; cannot be tested when the models or pre-trainings do not beat their floors.')

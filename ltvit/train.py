@@ -43,8 +43,8 @@ from .synthetic import FINDINGS, make_synthetic
 # %% auto #0
 __all__ = ['OPERATING_POINTS', 'DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'operating_points',
            'calibration_report', 'parse_model_args', 'runs_root', 'default_out_dir', 'TrainConfig', 'preprocessing',
-           'build_datasets', 'build_model', 'param_groups', 'masked_bce', 'save_checkpoint', 'load_checkpoint',
-           'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
+           'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups', 'masked_bce', 'save_checkpoint',
+           'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #075ced23
 def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -203,7 +203,7 @@ class TrainConfig:
     base_lr: float | None = None  # learning rate per 256 images (None: preset)
     min_lr: float | None = None  # final learning rate of the cosine schedule (None: preset)
     layer_decay: float | None = None  # layer-wise lr decay (None: 0.55 with pre-trained weights, else 1)
-    label_lr_scale: float = 1.0  # lr of LT-ViT's new parameters (label tokens, label norms, fresh blocks) per head lr
+    readout_lr_scale: float = 1.0  # lr of the readout per head lr: LT-ViT's label tokens, label norms, fresh blocks; the ViT's CLS token
     weight_decay: float | None = None  # AdamW weight decay (None: preset)
     warmup_epochs: float | None = None  # linear warm-up epochs before the cosine schedule (None: preset)
     drop_path: float | None = None  # stochastic depth rate (None: preset)
@@ -253,7 +253,7 @@ def resolved(self: TrainConfig) -> TrainConfig:
     if c.model not in timm.list_models(): raise ValueError(f'model={c.model!r} is not a registered timm model.')
     if c.lr is None: c.lr = c.base_lr * c.batch_size / 256
     checks = {'img_size': c.img_size > 0, 'epochs': c.epochs > 0, 'batch_size': c.batch_size > 0, 'lr': c.lr > 0,
-              'n2': c.n2 > 0, 'layer_decay': 0 < c.layer_decay <= 1, 'label_lr_scale': c.label_lr_scale > 0,
+              'n2': c.n2 > 0, 'layer_decay': 0 < c.layer_decay <= 1, 'readout_lr_scale': c.readout_lr_scale > 0,
               'warmup_epochs': 0 <= c.warmup_epochs < c.epochs, 'drop_path': 0 <= c.drop_path < 1,
               'max_steps': c.max_steps >= 0, 'workers': c.workers >= 0, 'val_frac': 0 < c.val_frac < 1,
               'hflip': 0 <= c.hflip <= 1}
@@ -315,16 +315,23 @@ def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
     return model
 
 # %% ../nbs/03_training_loop.ipynb #d592ece3
+def readout_parameter_names(model: torch.nn.Module) -> list[str]:
+    "What a model reads its labels through, the head aside: LT-ViT's label tokens and norms, a ViT's CLS token; final norms."
+    final = [n for n, _ in model.named_parameters() if n.startswith(('norm.', 'fc_norm.'))]
+    if hasattr(model, 'new_parameter_names'): return model.new_parameter_names() + final  # LT-ViT
+    has_cls = getattr(model, 'cls_token', None) is not None
+    return (['cls_token'] if has_cls and getattr(model, 'global_pool', None) == 'token' else []) + final  # ViT
+
 def param_groups(model: torch.nn.Module,
                  weight_decay: float,  # AdamW weight decay (none on 1-d parameters and `no_weight_decay()`)
                  layer_decay: float = 1.0,  # layer-wise lr decay of the pre-trained layers (1: none)
-                 label_lr_scale: float = 1.0,  # lr of the model's new parameters, relative to the head's
+                 readout_lr_scale: float = 1.0,  # lr of the readout parameters, relative to the head's
                 ) -> list[dict]:
-    "timm's layer-decay groups for the backbone; LT-ViT's new parameters at the head's lr x `label_lr_scale`."
+    "timm's layer-decay groups for the backbone; either arm's readout (`readout_parameter_names`) at the head's lr."
     if layer_decay < 1:
         groups = param_groups_layer_decay(model, weight_decay, model.no_weight_decay(), layer_decay=layer_decay)
     else: groups = param_groups_weight_decay(model, weight_decay, model.no_weight_decay())
-    new_names = set(getattr(model, 'new_parameter_names', list)())  # a plain ViT has none
+    new_names = set(readout_parameter_names(model))
     new = {id(p) for n, p in model.named_parameters() if n in new_names}
     head_scale = max(g.get('lr_scale', 1.0) for g in groups)  # the head's group: the last layer
     out = []
@@ -332,7 +339,7 @@ def param_groups(model: torch.nn.Module,
         scale = g.get('lr_scale', 1.0)
         old_ps, new_ps = [p for p in g['params'] if id(p) not in new], [p for p in g['params'] if id(p) in new]
         for is_new, ps in ((False, old_ps), (True, new_ps)):
-            if ps: out.append({**g, 'params': ps, 'lr_scale': head_scale * label_lr_scale if is_new else scale})
+            if ps: out.append({**g, 'params': ps, 'lr_scale': head_scale * readout_lr_scale if is_new else scale})
     return out
 
 # %% ../nbs/03_training_loop.ipynb #187fcd2e
@@ -446,7 +453,7 @@ def _existing_run(c: TrainConfig, out: Path, say) -> dict | None:
 
 def _optimizer(c: TrainConfig, model, n_train: int) -> tuple:
     "AdamW over `param_groups`, timm's warm-up + cosine schedule stepped per optimizer step, and the steps per epoch."
-    opt = create_optimizer_v2(param_groups(model, c.weight_decay, c.layer_decay, c.label_lr_scale), 'adamw', lr=c.lr,
+    opt = create_optimizer_v2(param_groups(model, c.weight_decay, c.layer_decay, c.readout_lr_scale), 'adamw', lr=c.lr,
                               weight_decay=c.weight_decay)
     steps_per_epoch = n_train // c.batch_size
     if steps_per_epoch == 0:
