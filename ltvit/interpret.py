@@ -296,7 +296,8 @@ def localisation_differences(scores: dict[str, pd.DataFrame],  # method -> per (
         (vm, bm), (vr, br) = b[m][column], b[ref][column]
         d = bm - br
         rows.append({'method': m, 'reference': ref, 'difference': vm - vr,
-                     'low': float(np.percentile(d, 50 * (1 - level))), 'high': float(np.percentile(d, 50 * (1 + level))),
+                     'low': float(np.percentile(d, 50 * (1 - level))),
+                     'high': float(np.percentile(d, 50 * (1 + level))),
                      'level': level})
     return pd.DataFrame(rows)
 

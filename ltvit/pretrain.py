@@ -24,8 +24,9 @@ from torch import nn
 
 from .cache import _resize
 from .core import CXR_MEAN, CXR_STD, atomic_write, seed_everything, write_json
+from .model import load_pretrained
 from .synthetic import PREVALENCE, Anatomy, render, sample_findings
-from .train import auc_report, parse_model_args
+from .train import TrainConfig, auc_report, build_datasets, parse_model_args
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'pretrain_supervised', 'augment_views',
@@ -173,7 +174,7 @@ def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: 
                   center_momentum: float = 0.9,
                   freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
                   seed: int = 0, log=print) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
-    "DINO self-distillation; the history (loss, teacher entropy, temperature, momentum), the final centre, the optimizer."
+    "DINO self-distillation; the history (loss, entropies, temperature, momentum), the final centre, the optimizer."
     seed_everything(seed)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters(): p.requires_grad_(False)
@@ -404,8 +405,6 @@ def probe_task(out: Path, data: str,  # the fine-tuning data set folder (synthet
                random_seeds: int = 3,  # random initialisations probed, the floor
                n_boot: int = 1000) -> dict:
     "Linear probes of every stand-in and of `random_seeds` random initialisations on the findings; `probe.csv`."
-    from .model import load_pretrained
-    from .train import TrainConfig, build_datasets
     c = TrainConfig(dataset='synthetic', data_dir=data, synthetic_patients=patients, img_size=img_size,
                     model='vit_tiny_patch16_224', augment='none', preload=True, workers=0).resolved()
     ds = build_datasets(c, verbose=False)[0]

@@ -22,10 +22,10 @@ from .grid import Grid, run_state
 from .train import fast_auc
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table',
-           'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs', 'seed_table',
-           'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level', 'verdict',
-           'page_verdict']
+__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'ResultTable',
+           'run_table', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
+           'seed_table', 'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level',
+           'verdict', 'page_verdict']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -280,7 +280,9 @@ def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per
     "Two-level bootstrap: for each image resample, the mean over seeds drawn with replacement."
     S, n_boot = per_seed.shape
     pick = np.random.default_rng([seed, 1]).integers(0, S, size=(n_boot, S))
-    return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
+    with warnings.catch_warnings():  # a resample where every seed's AUC is undefined is NaN, and dropped by the caller
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
 
 def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
     return (
@@ -502,15 +504,18 @@ def verdict(low: Sequence[float],  # each difference's corrected lower bound
     return 'supported' if (low > 0).all() else 'not supported'
 
 # %% ../nbs/06b_results.ipynb #e5c1a0d3
+RULE = ('every difference the claim predicts positive must have its interval, Bonferroni-corrected for the number of '
+        'differences, above 0 (supported); one below 0 contradicts it; otherwise not supported; cannot be tested when '
+        'the models or pre-trainings do not beat their floors.')
+
 def page_verdict(claim: str,  # the claim, as the paper states it
                  result: str,  # one of `VERDICTS`
                  evidence: str,  # the numbers the verdict rests on, in words
                  scope: str,  # the data and preset the verdict is about
+                 rule: str = RULE,  # how the verdict follows from the numbers
                 ):
     "The verdict block a result page opens with, as Markdown."
     from IPython.display import Markdown
     if result not in VERDICTS: raise ValueError(f'result={result!r}: expected one of {VERDICTS}.')
     return Markdown(f'> **Verdict: {result}.** {claim}  \n> *Scope:* {scope}  \n> *Evidence:* {evidence}  \n'
-                    '> *Rule:* every difference the claim predicts positive must have its interval, Bonferroni-corrected '
-                    'for the number of differences, above 0 (supported); one below 0 contradicts it; otherwise not '
-                    'supported; cannot be tested when the models or pre-trainings do not beat their floors.')
+                    f'> *Rule:* {rule}')

@@ -203,7 +203,7 @@ class TrainConfig:
     base_lr: float | None = None  # learning rate per 256 images (None: preset)
     min_lr: float | None = None  # final learning rate of the cosine schedule (None: preset)
     layer_decay: float | None = None  # layer-wise lr decay (None: 0.55 with pre-trained weights, else 1)
-    readout_lr_scale: float = 1.0  # lr of the readout per head lr: LT-ViT's label tokens, label norms, fresh blocks; the ViT's CLS token
+    readout_lr_scale: float = 1.0  # lr of the readout per head lr: label tokens and norms or CLS token, final norm
     weight_decay: float | None = None  # AdamW weight decay (None: preset)
     warmup_epochs: float | None = None  # linear warm-up epochs before the cosine schedule (None: preset)
     drop_path: float | None = None  # stochastic depth rate (None: preset)
@@ -316,7 +316,7 @@ def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
 
 # %% ../nbs/03_training_loop.ipynb #d592ece3
 def readout_parameter_names(model: torch.nn.Module) -> list[str]:
-    "What a model reads its labels through, the head aside: LT-ViT's label tokens and norms, a ViT's CLS token; final norms."
+    "What a model reads its labels through, the head aside: label tokens and label norms, or a CLS token; the final norm."
     final = [n for n, _ in model.named_parameters() if n.startswith(('norm.', 'fc_norm.'))]
     if hasattr(model, 'new_parameter_names'): return model.new_parameter_names() + final  # LT-ViT
     has_cls = getattr(model, 'cls_token', None) is not None

@@ -47,16 +47,41 @@ def test_attention_points_at_findings_better_than_random(trained):
 
 def test_gradcam_layer_is_chosen_on_validation_and_used(trained):
     lt, vit, test, _ = trained
-    from ltvit.interpret import choose_gradcam_layer, gradcam_layers
+    from ltvit.interpret import choose_layer, gradcam_layers
     from ltvit.train import TrainConfig, build_datasets
     val = build_datasets(TrainConfig(dataset='synthetic', data_dir=str(test.root), n_boot=0).resolved(), verbose=False)[0]['val']
     assert set(val.table['id']).isdisjoint(test.table['id'])
-    best, by_layer = choose_gradcam_layer(vit, val, max_images=40)
+    best, by_layer = choose_layer(vit, val, max_images=40)
     assert list(by_layer.index) == list(gradcam_layers(vit)) and by_layer.loc[best, 'chosen']
     assert by_layer.loc[best, 'pointing'] == by_layer['pointing'].max()
     # the chosen layer is the one used on the test images: its maps differ from the default layer's when it is not the last
     res = compare_localisation(lt, test, baseline=vit, max_images=16, layers={'ViT': best})
     assert res.layers['ViT'] == best and res.layers['LT-ViT'] == list(gradcam_layers(lt))[-1]
+
+
+def test_floors_ceiling_and_attention_block_on_a_trained_model(trained):
+    """The image-blind prior map beats random maps, the perfect patch-grid map beats every method, and attention's block
+    is chosen on validation among the LT blocks and their mean, exactly as Grad-CAM's layer is."""
+    lt, vit, test, _ = trained
+    from ltvit.interpret import CEILING, choose_layer, dataset_boxes, localisation_differences, prior_maps
+    from ltvit.train import TrainConfig, build_datasets
+    val = build_datasets(TrainConfig(dataset='synthetic', data_dir=str(test.root), n_boot=0).resolved(), verbose=False)[0]['val']
+    block, by_block = choose_layer(lt, val, max_images=40, method='attention')
+    assert list(by_block.index) == [str(i) for i in range(lt.n2)] + ['mean'] and by_block.loc[block, 'chosen']
+    size = test[0]['image'].shape[-1]
+    prior = prior_maps(dataset_boxes(val, size), test.labels, (size, size))
+    res = compare_localisation(lt, test, baseline=vit, max_images=120, prior=prior, layers={'attention': block})
+    t = res.table.loc['overall']
+    print(res.table.round(3).to_string())
+    # a finding's usual place is worth something: the prior map beats random maps, and nothing beats the ceiling
+    assert t['prior map pointing'] > t['random pointing'] + 0.1
+    for m in ('LT-ViT attention', 'LT-ViT Grad-CAM', 'ViT Grad-CAM', 'prior map', 'random'):
+        assert t[f'{CEILING} patch pointing'] >= t[f'{m} patch pointing']
+    assert t[f'{CEILING} patch pointing'] == 1.0
+    # focal and diffuse findings are reported apart, and partition the pairs
+    assert res.table.loc['focal', 'random n'] + res.table.loc['diffuse', 'random n'] == t['random n'] > 0
+    d = localisation_differences(res.scores, [('prior map', 'random')], n_boot=300, level=0.975)
+    assert d['low'].iloc[0] > 0 and d['level'].iloc[0] == 0.975
 
 
 def test_figure_of_trained_maps(trained, tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ltvit.experiments import PAPER_NOTEBOOKS, make_grid, run_paper_notebooks
+from ltvit.experiments import PAPER_NOTEBOOKS, PRESETS, make_grid, run_paper_notebooks
 from ltvit.grid import run_status
-from ltvit.results import collect, run_table, seed_table
+from ltvit.results import VERDICTS, collect, run_table, seed_table
 
 pytestmark = pytest.mark.slow  # trains models / runs a grid
 
@@ -106,6 +106,10 @@ def test_every_paper_notebook_executes_and_shows_what_it_saved(site, notebook_ou
     for m in metas:
         md, png = notebook_outputs(done[m['notebook']])
         assert m['preset'] == 'tiny' and m['missing'] == [] and 'Preset `tiny`' in m['caption']
+        if m['name'].startswith('verdict_'):  # saved for the front page; the page shows it as its verdict block
+            v = pd.read_csv(out / 'tables' / f'{m["name"]}.csv').iloc[0]
+            assert v['verdict'] in VERDICTS and any(f'Verdict: {v["verdict"]}.' in s for s in md), m['name']
+            continue
         assert any(m['caption'] in s for s in md), f'{m["name"]}: caption not shown'
         if m['kind'] == 'table':
             assert (out / 'tables' / f'{m["name"]}.md').read_text() in md  # the notebook shows the saved table
@@ -124,7 +128,8 @@ def test_a_table_cell_traces_to_its_run(tiny, site):
     meta = json.loads((out / 'tables' / 'main_comparison.json').read_text())
     chx = grid.meta['datasets']['chexpert']  # the tiny preset's phantoms in CheXpert's schema
     assert chx == 'synthetic (CheXpert schema)'
-    run_ids = meta['cells'][str((chx, 'LT-ViT'))]['Mean AUC (%)']  # one run per seed
+    recipe = f'layer decay {PRESETS["tiny"]["layer_decay"]}'
+    run_ids = meta['cells'][str((chx, recipe, 'LT-ViT'))]['Mean AUC (%)']  # one run per seed
     assert len(run_ids) == 2 and all(grid.id(n) in meta['runs'] for n in run_ids)
     folders = [root / grid.id(n) for n in run_ids]
     configs = [json.loads((f / 'config.json').read_text()) for f in folders]
@@ -132,9 +137,9 @@ def test_a_table_cell_traces_to_its_run(tiny, site):
     assert sorted(c['config']['seed'] for c in configs) == [0, 1] and configs[0]['split_sizes']['test'] > 0
     # the cell is the mean over seeds of what each run measured itself
     aucs = [json.loads((f / 'metrics.json').read_text())['mean_auc'] for f in folders]
-    csv = pd.read_csv(out / 'tables' / 'main_comparison.csv').set_index(['dataset', 'model'])
-    assert abs(csv.loc[(chx, 'LT-ViT'), 'Mean AUC (%)'] - 100 * sum(aucs) / len(aucs)) < 1e-4
-    assert csv.loc[(chx, 'LT-ViT'), 'seeds'] == 2
+    csv = pd.read_csv(out / 'tables' / 'main_comparison.csv').set_index(['dataset', 'recipe', 'model'])
+    assert abs(csv.loc[(chx, recipe, 'LT-ViT'), 'Mean AUC (%)'] - 100 * sum(aucs) / len(aucs)) < 1e-4
+    assert csv.loc[(chx, recipe, 'LT-ViT'), 'seeds'] == 2
     # the ResultTable API gives the same runs
-    rs = [r for r in collect(grid, root, table='main') if r.tag['dataset'] == chx and r.tag['model'] == 'LT-ViT']
+    rs = [r for r in collect(grid, root, table='main', recipe=recipe) if r.tag['dataset'] == chx and r.tag['model'] == 'LT-ViT']
     assert [r.name for r in rs] == list(run_ids) and [r.folder for r in rs] == folders

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -77,6 +78,10 @@ def test_result_page_shows_the_latest_quick_results(name, notebook_outputs):
         assert m['preset'] == 'quick' and m['missing'] == [], f'{p.name}: preset {m["preset"]}, missing {m["missing"]}'
         stale = set(m['runs']) - ids
         assert not stale, f'{p.name} comes from runs that are not in the current quick grid: {sorted(stale)}; re-run ltvit_paper --preset quick --publish'
+        if m['name'].startswith('verdict_'):  # saved for the front page; the page shows it as its verdict block
+            v = pd.read_csv(p.parent / f'{m["name"]}.csv').iloc[0]
+            assert any(f'Verdict: {v["verdict"]}.' in s for s in md), f'{name}.ipynb does not show its verdict'
+            continue
         assert 'Preset `quick`' in m['caption'] and any(m['caption'] in s for s in md), f'{p.name}: caption not shown'
         for f in m['files']: assert (p.parent / f).is_file(), f'{p.name} lists {f}, which does not exist'
         if m['kind'] == 'table':

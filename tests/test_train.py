@@ -229,3 +229,34 @@ def test_vit_baseline_pooling_is_a_parameter_and_mae_weights_load_into_average_p
     assert t.global_pool == 'token' and torch.equal(t.norm.weight, src.norm.weight)  # CLS pooling keeps the final norm
     with pytest.raises(ValueError, match="sets the ViT baseline's pooling"): TrainConfig(vit_pool='avg').resolved()
     with pytest.raises(ValueError, match="vit_pool='max'"): TrainConfig(**kw, vit_pool='max').resolved()
+
+
+@pytest.mark.parametrize('preset', ['quick', 'paper'])
+def test_both_arms_readouts_learn_at_the_same_rate_in_the_presets(preset):
+    """Read from the optimizers the training loop builds for the main table's ViT and LT-ViT: the ViT's CLS token and
+    final norm learn at the head's rate, as LT-ViT's label tokens, label norms and final norm do; every backbone
+    parameter the two share learns at the same rate in both."""
+    from dataclasses import replace
+    from ltvit.experiments import make_grid
+    from ltvit.train import TrainConfig, _optimizer, build_model
+    grid = make_grid(preset, nih_dir='/data/nih', chexpert_dir='/data/chexpert')
+    scales, names = {}, {}
+    for arch in ('vit', 'ltvit'):
+        params = {k: v for k, v in grid.runs[f'nih-{arch}-ImageNet'].params.items() if not str(v).startswith('{run:')}
+        c = TrainConfig(**params).resolved()
+        assert c.layer_decay == {'quick': 0.75, 'paper': 0.55}[preset]  # the decay chosen for the depth
+        labels = [f'finding {i}' for i in range(5)]
+        model = build_model(replace(c, pretrained='none'), labels)  # the weights do not change the groups
+        opt, _, _ = _optimizer(c, model, n_train=10 * c.batch_size)
+        by_id = {id(p): g['lr_scale'] for g in opt.param_groups for p in g['params']}
+        scales[arch] = {n: by_id[id(p)] for n, p in model.named_parameters()}
+        names[arch] = set(scales[arch])
+    vit, lt = scales['vit'], scales['ltvit']
+    head = vit['head.weight']
+    assert head == lt['head.weight'] == 1.0
+    for n in ('cls_token', 'norm.weight', 'norm.bias'): assert vit[n] == head, (n, vit[n])
+    assert lt['label_tokens'] == head and lt['norm.weight'] == head
+    assert all(v == head for n, v in lt.items() if 'norm_label' in n)
+    shared = {n for n in names['vit'] & names['ltvit'] if not n.startswith(('head', 'norm.', 'cls_token'))}
+    assert shared and all(vit[n] == lt[n] for n in shared)
+    assert min(vit.values()) < head  # layer decay is on: the stem learns slower than the readout
