@@ -113,7 +113,8 @@ PRESETS: dict[str, dict] = {
             lr={'supervised': 1e-3, 'dino': 1.25e-4, 'mae': 1.5e-3},  # DINO: 5e-4 x batch / 256, its scaling rule
             seeds={'supervised': 3, 'dino': 1, 'mae': 1},  # stand-ins pre-trained per seed (the cheap one: all 3)
         ),
-        localisation=dict(model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', epochs=20, init='ImageNet'),
+        localisation=dict(model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', epochs=20, init='ImageNet',
+                          pretrain_epochs=12),  # a pair on an 8x8 grid, from their own stand-in (12 epochs)
         loc_images=200,
         loc_val_images=100,
         n_examples=6,
@@ -194,7 +195,7 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
             probe.append(f'{init} (stand-in seed {s})={file}')
     loc = P.get('localisation')
     if loc and loc['init'] in STANDINS:  # the localisation models' own stand-in, on their finer patch grid
-        method = STANDINS[loc['init']]; epochs = pre['epochs'][method]
+        method = STANDINS[loc['init']]; epochs = loc.get('pretrain_epochs', pre['epochs'][method])
         name = f'pretrain-{loc["init"]}-localisation'
         g.add(Run(name, dict(method=method, images='{run:pretrain-images}', model=f'vit_{P["size"]}_patch16_224',
                              model_args=loc['model_args'], img_size=P['img_size'], epochs=epochs,
@@ -278,6 +279,20 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         return g.add(Run(name, params, tags=[dict(t, weights=source) for t in tags], after=after))
 
     main, seeds = P['main_init'], range(P['seeds'])
+    # localisation first: its finer-grid models take longest, so they start early
+    loc, loc_runs = P['localisation'], {}
+    for arch in ('ltvit', 'vit'):  # localisation: the main models, or a pair trained for it on a finer patch grid
+        if loc is None: loc_runs[arch] = f'nih-{arch}-{main}'; continue
+        w, size, source = weights.get(f"{loc['init']}@localisation", weights[loc['init']])[0]
+        params = dict(base, **data['nih'], model=f'{arch}_{size}_patch16_224', model_args=loc['model_args'],
+                      pretrained=w, epochs=loc['epochs'], **({'n2': P['n2']} if arch == 'ltvit' else {}))
+        if loc['init'] == 'random': params['layer_decay'] = 1.0
+        loc_runs[arch] = g.add(Run(f'loc-nih-{arch}-{loc["init"]}', params, tags=[
+            {'table': 'localisation_models', 'model': MODEL_NAMES[arch], 'weights': source}])).name
+    g.add(Run('localisation', dict(lt_run='{run:' + loc_runs['ltvit'] + '}', vit_run='{run:' + loc_runs['vit'] + '}',
+                                   max_images=P['loc_images'], val_images=P['loc_val_images'],
+                                   n_examples=P['n_examples'], n_boot=P['n_boot']), 'task',
+              'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
     for seed in seeds:  # the main and initialisation tables: every cell trained with each seed
         for ds in ('nih', 'chexpert'):
             for arch in ('vit', 'ltvit'):
@@ -311,19 +326,6 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
             }
         ],
     )
-    loc, loc_runs = P['localisation'], {}
-    for arch in ('ltvit', 'vit'):  # localisation: the main models, or a pair trained for it on a finer patch grid
-        if loc is None: loc_runs[arch] = f'nih-{arch}-{main}'; continue
-        w, size, source = weights.get(f"{loc['init']}@localisation", weights[loc['init']])[0]
-        params = dict(base, **data['nih'], model=f'{arch}_{size}_patch16_224', model_args=loc['model_args'],
-                      pretrained=w, epochs=loc['epochs'], **({'n2': P['n2']} if arch == 'ltvit' else {}))
-        if loc['init'] == 'random': params['layer_decay'] = 1.0
-        loc_runs[arch] = g.add(Run(f'loc-nih-{arch}-{loc["init"]}', params, tags=[
-            {'table': 'localisation_models', 'model': MODEL_NAMES[arch], 'weights': source}])).name
-    g.add(Run('localisation', dict(lt_run='{run:' + loc_runs['ltvit'] + '}', vit_run='{run:' + loc_runs['vit'] + '}',
-                                   max_images=P['loc_images'], val_images=P['loc_val_images'],
-                                   n_examples=P['n_examples'], n_boot=P['n_boot']), 'task',
-              'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
     g.add(
         Run(
             'speed',
