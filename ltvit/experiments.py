@@ -85,13 +85,13 @@ PRESETS: dict[str, dict] = {
         speed=dict(batch=64, reps=20),
     ),
     'quick': dict(
-        description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 16-px patches), 20 epochs from stand-in '
+        description='synthetic phantoms at 64 px, a 4-block ViT (width 96, 16-px patches), 18 epochs from stand-in '
         'pre-trainings, 3 seeds; localisation on a model with 8-px patches; CPU',
         data='synthetic',
         size='tiny',
         model_args='embed_dim:96,depth:4,num_heads:3,patch_size:16',
         img_size=64,
-        epochs=20,
+        epochs=18,
         batch_size=32,
         lr=1.5e-3,
         layer_decay=0.75,  # chosen for 4 blocks on validation (benchmarks/layer_decay.py)
@@ -109,7 +109,7 @@ PRESETS: dict[str, dict] = {
         pretrain=dict(
             images=3000,
             batch_size=64,
-            epochs={'supervised': 20, 'dino': 10, 'mae': 60},
+            epochs={'supervised': 20, 'dino': 10, 'mae': 40},
             lr={'supervised': 1e-3, 'dino': 1.25e-4, 'mae': 1.5e-3},  # DINO: 5e-4 x batch / 256, its scaling rule
             seeds={'supervised': 3, 'dino': 1, 'mae': 1},  # stand-ins pre-trained per seed (the cheap one: all 3)
         ),
