@@ -7,5 +7,6 @@ from .model import *
 from .data import *
 from .synthetic import make_synthetic
 from .cache import build_cache, cache_dataset, default_cache_dir, ImageCache
-from .train import TrainConfig, train, auc_report
+from .metrics import auc_report
+from .train import TrainConfig, train
 from .interpret import attention_maps, gradcam_maps, label_maps, plot_maps, compare_localisation

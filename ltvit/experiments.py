@@ -32,9 +32,10 @@ from .train import TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
 __all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES',
-           'DATA_SIZES', 'PAPER_NOTEBOOKS', 'make_grid', 'synthetic_data_task', 'cache_task', 'localisation_task',
-           'time_models', 'speed_task', 'train_flops_per_image', 'estimate_gpu_hours', 'format_estimate', 'runs_dir',
-           'load_grid', 'paper_dir', 'run_paper_notebooks', 'main']
+           'DATA_SIZES', 'PAPER_NOTEBOOKS', 'PUBLISHED_FILES', 'make_grid', 'synthetic_data_task', 'cache_task',
+           'localisation_task', 'time_models', 'speed_task', 'train_flops_per_image', 'estimate_gpu_hours',
+           'format_estimate', 'runs_dir', 'published_dir', 'load_grid', 'paper_dir', 'publish_results',
+           'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
@@ -110,7 +111,7 @@ PRESETS: dict[str, dict] = {
             images=3000,
             batch_size=64,
             epochs={'supervised': 20, 'dino': 10, 'mae': 40},
-            lr={'supervised': 1e-3, 'dino': 1.25e-4, 'mae': 1.5e-3},  # DINO: 5e-4 x batch / 256, its scaling rule
+            lr={'supervised': 1e-3, 'dino': 2.5e-4, 'mae': 1.5e-3},  # DINO: 2x its rule 5e-4 x batch / 256 (03a)
             seeds={'supervised': 3, 'dino': 1, 'mae': 1},  # stand-ins pre-trained per seed (the cheap one: all 3)
         ),
         localisation=dict(model_args='embed_dim:96,depth:4,num_heads:3,patch_size:8', epochs=20, init='ImageNet',
@@ -591,12 +592,21 @@ def runs_dir(preset: str, runs: str | Path | None = None) -> Path:
     "A grid's folder: `runs`, else `runs_root()/<preset>` (`$LTVIT_RUNS` or `<repository>/runs`)."
     return Path(runs) if runs else runs_root() / preset
 
+def published_dir(preset: str) -> Path:
+    "Where `--publish` commits the compact results of `preset` that the paper pages read: `nbs/paper/results/<preset>`."
+    return paper_dir() / 'results' / preset
+
 def load_grid(preset: str, runs: str | Path | None = None,
               nih_dir: str | None = None,  # paper: given folders win over recorded ones
               chexpert_dir: str | None = None,
-             ) -> tuple[Grid, Path]:
+              published: bool = False,  # no `runs` and no grid in `runs_dir(preset)`: read `published_dir(preset)`
+              log=print) -> tuple[Grid, Path]:
     "The current grid of `preset` and its folder; paper-preset data folders default to those in its `grid.json`."
     root, dirs = runs_dir(preset, runs), {}
+    if published and runs is None and not (root / 'grid.json').is_file() and (published_dir(preset) / 'grid.json').is_file():
+        root = published_dir(preset)
+        log(f'No grid in {runs_dir(preset)}: reading the published results in '
+            f'{root.relative_to(repo_root(root))} (what `ltvit_paper --preset {preset} --publish` committed).')
     if PRESETS.get(preset, {}).get('data') == 'real' and (root / 'grid.json').is_file():
         for r in json.loads((root / 'grid.json').read_text())['runs'].values():
             if r['name'] in ('cache-nih', 'cache-chexpert'): dirs[f'{r["name"][6:]}_dir'] = r['params']['data_dir']
@@ -606,6 +616,28 @@ def load_grid(preset: str, runs: str | Path | None = None,
 def paper_dir() -> Path:
     "`nbs/paper` of the repository checkout."
     return checkout_path('nbs', 'paper')
+
+PUBLISHED_FILES = (  # what the paper pages read from a run's folder: results, never weights, images or logs
+    'grid.json', 'config.json', 'metrics.json', 'params.json', 'predictions.csv', 'per_class_auc.csv', 'history.csv',
+    'pretrain.json', 'probe.csv', 'localisation.csv', 'intervals.csv', 'differences.csv', 'layer_search.csv',
+    'scores.csv', 'examples.npz', 'example_boxes.json')
+
+def publish_results(grid: Grid, root: str | Path, dest: str | Path) -> dict:
+    "Copy the `PUBLISHED_FILES` of every run of `grid` in `root` (and its `grid.json`) into `dest`, replacing it."
+    root, dest = Path(root), Path(dest)
+    if not (root / 'grid.json').is_file(): raise FileNotFoundError(f'{root}: no grid.json; run the grid first.')
+    tmp = dest.with_name(dest.name + '.partial')
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    shutil.copyfile(root / 'grid.json', tmp / 'grid.json')
+    n = size = 0
+    for name in grid.runs:
+        src = grid.folder(name, root)
+        for f in PUBLISHED_FILES:
+            if (src / f).is_file():
+                (tmp / src.name).mkdir(exist_ok=True); shutil.copyfile(src / f, tmp / src.name / f)
+                n += 1; size += (src / f).stat().st_size
+    shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)  # the old copy goes only once the new one is whole
+    return {'files': n, 'bytes': size}
 
 def _clean_notebook(path: Path):
     "Strip execution metadata with nbdev_clean (as `./dev check` does): published notebooks diff where results do."
@@ -650,6 +682,9 @@ def run_paper_notebooks(preset: str, root: str | Path, names: Sequence[str] | No
         if publish:
             _clean_notebook(dst); shutil.copyfile(dst, src / f'{n}.ipynb')
         done[n] = dst
+    if publish:  # the pages re-execute on a clone without the grid (`load_grid(..., published=True)`)
+        r = publish_results(load_grid(preset, root)[0], root, published_dir(preset))
+        log(f'  {r["files"]} result files ({r["bytes"] / 1e6:.1f} MB) in {published_dir(preset).relative_to(repo_root(src))}')
     return done
 
 # %% ../nbs/06a_experiments.ipynb #9e7a5f40

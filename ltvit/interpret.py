@@ -19,6 +19,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .data import read_nih_boxes
+from .metrics import bootstrap_indices, percentile_interval
 from .model import LTViT
 
 # %% auto #0
@@ -248,7 +249,7 @@ def _bootstrap_means(scores: dict[str, pd.DataFrame], columns: Sequence[str], n_
     images = sorted(set().union(*(set(df['image']) for df in scores.values())))
     if not images: raise ValueError('No scored (image, label) pairs.')
     pos = {im: k for k, im in enumerate(images)}
-    draws = np.random.default_rng(seed).integers(0, len(images), size=(n_boot, len(images)))
+    draws = bootstrap_indices(len(images), n_boot, seed)
     counts = np.stack([np.bincount(d, minlength=len(images)) for d in draws])  # (n_boot, images)
     out = {}
     for meth, df in scores.items():
@@ -279,8 +280,8 @@ def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (im
         rows[meth] = {'pairs': r['pairs'], 'images': r['images']}
         for col in columns:
             v, boot = r[col]
-            rows[meth].update({col: v, f'{col} low': float(np.percentile(boot, 2.5)),
-                               f'{col} high': float(np.percentile(boot, 97.5))})
+            low, high = percentile_interval(boot)
+            rows[meth].update({col: v, f'{col} low': low, f'{col} high': high})
     cols = [f'{c}{s}' for c in columns for s in ('', ' low', ' high')] + ['pairs', 'images']
     return pd.DataFrame.from_dict(rows, orient='index')[cols].rename_axis('method')
 
@@ -294,11 +295,8 @@ def localisation_differences(scores: dict[str, pd.DataFrame],  # method -> per (
     rows = []
     for m, ref in pairs:
         (vm, bm), (vr, br) = b[m][column], b[ref][column]
-        d = bm - br
-        rows.append({'method': m, 'reference': ref, 'difference': vm - vr,
-                     'low': float(np.percentile(d, 50 * (1 - level))),
-                     'high': float(np.percentile(d, 50 * (1 + level))),
-                     'level': level})
+        low, high = percentile_interval(bm - br, level)
+        rows.append({'method': m, 'reference': ref, 'difference': vm - vr, 'low': low, 'high': high, 'level': level})
     return pd.DataFrame(rows)
 
 def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image

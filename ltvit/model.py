@@ -96,6 +96,7 @@ class LTBlock(Block):
         blk.norm_label = copy.deepcopy(blk.norm1)
         blk.num_labels, blk.label_attn, blk.labels_only = int(num_labels), bool(label_attn), bool(labels_only)
         blk.split, blk.capture = attn_impl == 'split', False
+        blk.label_probs = nn.Identity()  # the label queries' probabilities pass here (and only they): capture's hook
         return blk
 
     def forward(self, x: torch.Tensor,  # `[image; labels]` tokens, `(B, N_img + C, D)`
@@ -136,7 +137,7 @@ class LTBlock(Block):
         if self.attn.fused_attn and not self.capture:
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn.attn_drop.p if self.training else 0.)
         else:  # explicit probabilities (recorded by attention capture through `attn_drop`)
-            o = self.attn.attn_drop(((q * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+            o = self.attn.attn_drop(self.label_probs(((q * self.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))) @ v
         o = self.attn.norm(o.transpose(1, 2).reshape(B, C, dim))
         return self.attn.proj_drop(self.attn.proj(o))
 
@@ -462,8 +463,11 @@ def capture_attention(model: LTViT):
     try:
         for b in blocks:
             b.capture = True
-            if not (b.split or b.labels_only): b.attn.fused_attn = False  # masked call: timm's unfused path
-            hooks.append(b.attn.attn_drop.register_forward_hook(keep))
+            if b.split or b.labels_only:  # the label queries' own call: its probabilities alone (never the image's)
+                hooks.append(b.label_probs.register_forward_hook(keep))
+            else:  # one masked call on timm's unfused path: its last C rows are the label queries'
+                b.attn.fused_attn = False
+                hooks.append(b.attn.attn_drop.register_forward_hook(keep))
         yield store
     finally:
         for h in hooks: h.remove()

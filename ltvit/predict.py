@@ -26,7 +26,7 @@ from .core import atomic_write, get_device
 from .data import load_image, make_transform
 from .interpret import attention_maps
 from .model import LTViT, checkpoint_metadata, load_model
-from .train import OPERATING_POINTS
+from .metrics import OPERATING_POINTS
 
 # %% auto #0
 __all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'TEXT_COLUMNS', 'ImageRejected', 'is_dicom', 'read_dicom', 'read_any',

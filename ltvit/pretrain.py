@@ -26,7 +26,8 @@ from .cache import _resize
 from .core import CXR_MEAN, CXR_STD, atomic_write, seed_everything, write_json
 from .model import load_pretrained
 from .synthetic import PREVALENCE, Anatomy, render, sample_findings
-from .train import TrainConfig, auc_report, build_datasets, parse_model_args
+from .metrics import auc_report
+from .train import TrainConfig, build_datasets, parse_model_args
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'pretrain_supervised', 'augment_views',
@@ -118,19 +119,24 @@ def pretrain_supervised(model: VisionTransformer,  # a timm ViT with `len(ATTRIB
 
 # %% ../nbs/03a_pretrain.ipynb #b0f41b98
 def augment_views(x: torch.Tensor,  # uint8 `(B, H, W)` images
-                  gen: torch.Generator, scale: tuple[float, float] = (0.35, 1.0)) -> torch.Tensor:
+                  gen: torch.Generator,
+                  scale: tuple[float, float] = (0.35, 1.0),  # the crop's area, a fraction of the image
+                  strength: float = 1.0,  # scales the rotation (±0.17 rad), contrast, brightness and gamma ranges
+                 ) -> torch.Tensor:
     "One random view of each image: crop (area fraction in `scale`) and rotation, intensity changes, blur, noise."
-    B, H, W = x.shape
+    if not 0 < scale[0] <= scale[1] <= 1: raise ValueError(f'scale={scale}: expected 0 < low <= high <= 1.')
+    if strength < 0: raise ValueError(f'strength={strength}: expected 0 or more.')
+    B, H, W, k = *x.shape, strength
     u = lambda lo, hi, *s: lo + (hi - lo) * torch.rand(*(s or (B,)), generator=gen)
-    side, ang = u(*scale).sqrt(), u(-0.17, 0.17)
+    side, ang = u(*scale).sqrt(), u(-0.17 * k, 0.17 * k)
     tx, ty = (1 - side) * u(-1, 1), (1 - side) * u(-1, 1)
     theta = torch.stack([torch.stack([side * ang.cos(), -side * ang.sin(), tx], -1),
                          torch.stack([side * ang.sin(), side * ang.cos(), ty], -1)], 1)
     img = x.float().unsqueeze(1) / 255
     img = F.grid_sample(img, F.affine_grid(theta, list(img.shape), align_corners=False), padding_mode='border',
                         align_corners=False)
-    img = (img - 0.5) * u(0.7, 1.3)[:, None, None, None] + 0.5 + u(-0.1, 0.1)[:, None, None, None]
-    img = img.clamp(0, 1) ** u(0.7, 1.4)[:, None, None, None]
+    img = (img - 0.5) * u(1 - 0.3 * k, 1 + 0.3 * k)[:, None, None, None] + 0.5 + u(-0.1 * k, 0.1 * k)[:, None, None, None]
+    img = img.clamp(0, 1) ** u(1 - 0.3 * k, 1 + 0.4 * k)[:, None, None, None]
     blur = (u(0, 1) < 0.3)[:, None, None, None]
     img = torch.where(blur, F.avg_pool2d(img, 3, 1, 1, count_include_pad=False), img)
     img = img + u(0, 0.04)[:, None, None, None] * torch.randn(img.shape, generator=gen)
@@ -165,12 +171,14 @@ def dino_momentum(steps: int) -> float:
     return min(0.996, 1 - 10 / steps)  # sum of (1 - m) over the cosine schedule = 5: e^-5 < 1% of the init is left
 
 def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: np.ndarray, epochs: int = 10,
-                  batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.04,
+                  batch_size: int = 64, lr: float = 2.5e-4, weight_decay: float = 0.04,
                   momentum: float | None = None,  # the teacher's base EMA momentum (None: `dino_momentum(steps)`)
                   student_temp: float = 0.1,
-                  teacher_temp: float = 0.07,  # the teacher's final temperature (DINO: 0.04 to 0.07)
-                  warmup_teacher_temp: float = 0.04,  # its temperature at the start, raised linearly to `teacher_temp`
+                  teacher_temp: float = 0.02,  # the teacher's final temperature (DINO's ImageNet run: 0.04 to 0.07)
+                  warmup_teacher_temp: float = 0.01,  # its temperature at the start, raised linearly to `teacher_temp`
                   warmup_teacher_epochs: float = 0.3,  # the warm-up, as a fraction of the epochs (DINO: 30 of 100)
+                  crop_scale: tuple[float, float] = (0.6, 1.0),  # the views' crop areas (`augment_views`' `scale`)
+                  augment_strength: float = 0.4,  # `augment_views`' `strength`
                   center_momentum: float = 0.9,
                   freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
                   seed: int = 0, log=print) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
@@ -194,7 +202,7 @@ def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: 
         student.train(); teacher.train(); losses, ents, used, tt = [], [], [], float(temps[ep])
         for idx in _batches(len(x), batch_size, gen):
             set_lr(step)
-            v1, v2 = (_to_input(augment_views(x[idx], gen)) for _ in range(2))
+            v1, v2 = (_to_input(augment_views(x[idx], gen, crop_scale, augment_strength)) for _ in range(2))
             with torch.no_grad():
                 t1, t2 = teacher(v1), teacher(v2)
                 q1, q2 = (F.softmax((t - center) / tt, -1) for t in (t1, t2))

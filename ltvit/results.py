@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .core import atomic_write, repo_root, science_hash, write_json
 from .experiments import paper_dir
 from .grid import Grid, run_state
-from .train import fast_auc
+from .metrics import bootstrap_indices, fast_auc, percentile_interval
 
 # %% auto #0
 __all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'ResultTable',
@@ -227,7 +227,7 @@ def _mean_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray | None = None) -> np
 def _resampled_aucs(runs: Sequence[RunResult], n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Each run's mean AUC on all its test images `(R,)` and on `n_boot` shared resamples of them `(R, n_boot)`."
     y, scores = _aligned(runs)
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    idx = bootstrap_indices(len(y), n_boot, seed)
     return np.array([_mean_auc(y, s) for s in scores]), np.stack([_mean_auc(y, s, idx) for s in scores])
 
 def _two_sided_p(boot: np.ndarray) -> float:
@@ -241,7 +241,7 @@ def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the sa
     full, boot = _resampled_aucs([a, b], n_boot, seed)
     d = boot[1] - boot[0]
     d = d[np.isfinite(d)]
-    return {'delta': float(full[1] - full[0]), 'ci95': [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+    return {'delta': float(full[1] - full[0]), 'ci95': list(percentile_interval(d)),
             'p': _two_sided_p(d), 'n_boot': len(d)}
 
 # %% ../nbs/06b_results.ipynb #7f1221e4
@@ -279,7 +279,7 @@ def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per
                seed: int = 0) -> np.ndarray:
     "Two-level bootstrap: for each image resample, the mean over seeds drawn with replacement."
     S, n_boot = per_seed.shape
-    pick = np.random.default_rng([seed, 1]).integers(0, S, size=(n_boot, S))
+    pick = bootstrap_indices(S, n_boot, [seed, 1])
     with warnings.catch_warnings():  # a resample where every seed's AUC is undefined is NaN, and dropped by the caller
         warnings.simplefilter('ignore', RuntimeWarning)
         return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
@@ -306,8 +306,9 @@ def seed_table(grid: Grid, root: str | Path, name: str,
         if all(r.finished for r in runs):
             full, per = _resampled_aucs(runs, n_boot, seed)
             full, boot = 100 * full, _seed_boot(100 * per, seed)
+            low, high = percentile_interval(boot)
             row.update({'Mean AUC (%)': full.mean(), 'SD across seeds': full.std(ddof=1) if len(full) > 1 else 0.0,
-                        '95% CI low': np.percentile(boot, 2.5), '95% CI high': np.percentile(boot, 97.5),
+                        '95% CI low': low, '95% CI high': high,
                         'per seed': ', '.join(f'{v:.1f}' for v in full)})
         row.update({c: runs[0].tag.get(t, '') for c, t in (tag_columns or {}).items()})
         rows.append(row); src.append(tuple(r.name for r in runs))
@@ -327,7 +328,6 @@ def seed_difference_table(grid: Grid, root: str | Path, name: str,
     "Mean-AUC differences `b - a` (points) paired seed by seed on the same images, combined over seeds, with intervals."
     cols = ['difference (points)', '95% CI low', '95% CI high', 'p (bootstrap)', 'seeds', 'per seed']
     if comparisons > 1: cols[3:3] = ['corrected CI low', 'corrected CI high']
-    tail = 100 * 0.05 / (2 * comparisons)  # the corrected interval's tails: 1 - 0.05 / comparisons coverage
     rows, src = [], []
     for a_runs, b_runs in pairs.values():
         sa = [r.tag.get('seed', 0) for r in a_runs]; sb = [r.tag.get('seed', 0) for r in b_runs]
@@ -338,13 +338,13 @@ def seed_difference_table(grid: Grid, root: str | Path, name: str,
             full, per = _resampled_aucs([*a_runs, *b_runs], n_boot, seed)
             full, boot = 100 * (full[k:] - full[:k]), _seed_boot(100 * (per[k:] - per[:k]), seed)
             boot = boot[np.isfinite(boot)]
-            row.update({'difference (points)': full.mean(), '95% CI low': np.percentile(boot, 2.5),
-                        '95% CI high': np.percentile(boot, 97.5),
+            low, high = percentile_interval(boot)
+            row.update({'difference (points)': full.mean(), '95% CI low': low, '95% CI high': high,
                         'p (bootstrap)': _two_sided_p(boot),
                         'per seed': ', '.join(f'{v:+.1f}' for v in full)})
             if comparisons > 1:
-                row.update({'corrected CI low': np.percentile(boot, tail),
-                            'corrected CI high': np.percentile(boot, 100 - tail)})
+                low, high = percentile_interval(boot, corrected_level(comparisons))
+                row.update({'corrected CI low': low, 'corrected CI high': high})
         rows.append(row); src.append(tuple(r.name for r in [*a_runs, *b_runs]))
     idx_ = pd.Index(list(pairs), name=index_name)
     values = pd.DataFrame(rows, index=idx_, columns=cols)

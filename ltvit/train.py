@@ -26,8 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
-from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler
@@ -37,112 +36,15 @@ from .cache import ImageCache, cache_dataset, default_cache_dir
 from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, autocast, code_version, get_data_dir, get_device,
                         get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
+from .metrics import auc_report, calibration_report, operating_points
 from .model import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['OPERATING_POINTS', 'DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'fast_auc', 'auc_report', 'operating_points',
-           'calibration_report', 'parse_model_args', 'runs_root', 'default_out_dir', 'TrainConfig', 'preprocessing',
-           'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups', 'masked_bce', 'save_checkpoint',
-           'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report', 'config_from_cli', 'main']
-
-# %% ../nbs/03_training_loop.ipynb #075ced23
-def fast_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    "ROC-AUC along the last axis by the rank (Mann-Whitney) formula; NaN where one class is absent."
-    y = y.astype(bool)
-    r = rankdata(p, axis=-1)  # average ranks for ties
-    npos = y.sum(-1); nneg = y.shape[-1] - npos
-    with np.errstate(invalid='ignore', divide='ignore'):
-        auc = ((r * y).sum(-1) - npos * (npos + 1) / 2) / (npos * nneg)
-    return np.where((npos > 0) & (nneg > 0), auc, np.nan)
-
-# %% ../nbs/03_training_loop.ipynb #9156c482
-def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
-               p: np.ndarray,  # scores `(N, C)`
-               labels: Sequence[str],
-               mask: np.ndarray | None = None,  # 1 where the target is known (U-Ignore masks the rest)
-               n_boot: int = 1000,  # bootstrap resamples (0: no intervals)
-               seed: int = 0,
-              ) -> dict:
-    "Per-class and mean ROC-AUC with bootstrap 95% intervals."
-    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    mask = np.ones_like(y) if mask is None else np.asarray(mask, bool)
-    per, undefined = {}, []
-    for j, l in enumerate(labels):
-        m = mask[:, j].astype(bool); yj = y[m, j]
-        if yj.min(initial=1) == yj.max(initial=0): per[l] = float('nan'); undefined.append(l); continue
-        per[l] = float(roc_auc_score(yj, p[m, j]))
-    vals = np.array(list(per.values()))
-    out = {'mean_auc': float(np.nanmean(vals)) if np.isfinite(vals).any() else float('nan'), 'per_class_auc': per,
-           'n_images': int(len(y)), 'positives': {l: int((y[:, j] * mask[:, j]).sum()) for j, l in enumerate(labels)},
-           'undefined': undefined}
-    if n_boot:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-        boot = np.full((n_boot, len(labels)), np.nan)
-        for j, l in enumerate(labels):
-            if l in undefined: continue
-            m = mask[idx, j].astype(bool)
-            yb, pb = y[idx, j], p[idx, j]
-            if m.all(): boot[:, j] = fast_auc(yb, pb)
-            else:
-                for b in range(n_boot): boot[b, j] = fast_auc(yb[b][m[b]], pb[b][m[b]])
-        with np.errstate(all='ignore'), warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # all-NaN columns (labels without an AUC) are expected
-            means = np.nanmean(np.where(np.isin(np.array(labels), undefined)[None], np.nan, boot), axis=1)
-            ci = lambda a: [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))]
-            out['mean_auc_ci95'] = ci(means)
-            out['per_class_auc_ci95'] = {
-                l: (ci(boot[:, j]) if l not in undefined else [float('nan')] * 2) for j, l in enumerate(labels)
-            }
-        out['n_boot'] = n_boot
-    return out
-
-# %% ../nbs/03_training_loop.ipynb #033f91a2
-OPERATING_POINTS = {'youden': "Youden's J on validation", 'sens90': '0.90 sensitivity on validation'}
-
-def operating_points(y: np.ndarray,  # validation targets `(N, C)` in {0, 1}
-                     p: np.ndarray,  # validation probabilities `(N, C)`
-                     labels: Sequence[str],
-                     mask: np.ndarray | None = None,  # 1 where a target is known
-                    ) -> dict:
-    "Per label: the Youden's-J threshold and the highest threshold reaching 0.90 sensitivity (None: one class only)."
-    out = {}
-    for j, l in enumerate(labels):
-        keep = np.ones(len(y), bool) if mask is None else mask[:, j] > 0
-        yy, pp = y[keep, j].astype(bool), p[keep, j]
-        if yy.all() or not yy.any(): out[l] = None; continue
-        fpr, tpr, thr = roc_curve(yy, pp, drop_intermediate=False)  # every threshold; a call is p >= threshold
-        fin = np.isfinite(thr); fpr, tpr, thr = fpr[fin], tpr[fin], thr[fin]
-        k = int(np.argmax(tpr - fpr)); s = int(np.argmax(tpr >= 0.90))  # thresholds decrease along the curve
-        out[l] = {'youden': float(thr[k]), 'youden_sensitivity': float(tpr[k]), 'youden_specificity': float(1 - fpr[k]),
-                  'sens90': float(thr[s]), 'sens90_sensitivity': float(tpr[s]), 'sens90_specificity': float(1 - fpr[s]),
-                  'validation_positives': int(yy.sum()), 'validation_images': int(len(yy))}
-    return out
-
-def calibration_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
-                       p: np.ndarray,  # probabilities `(N, C)`
-                       labels: Sequence[str],
-                       mask: np.ndarray | None = None,  # 1 where a target is known
-                       bins: int = 10,
-                      ) -> dict:
-    "Expected calibration error (equal-width bins) and Brier score per label, their means, and the reliability bins."
-    ece, brier, curve = {}, {}, {}
-    for j, l in enumerate(labels):
-        keep = np.ones(len(y), bool) if mask is None else mask[:, j] > 0
-        yy, pp = y[keep, j].astype(float), p[keep, j].astype(float)
-        if not len(yy): ece[l] = brier[l] = float('nan'); curve[l] = []; continue
-        b = np.clip((pp * bins).astype(int), 0, bins - 1)
-        n = np.bincount(b, minlength=bins); conf = np.bincount(b, pp, bins); freq = np.bincount(b, yy, bins)
-        ok = n > 0
-        ece[l] = float(np.sum(np.abs(freq[ok] - conf[ok])) / len(yy))
-        brier[l] = float(np.mean((pp - yy) ** 2))
-        curve[l] = [[float(conf[k] / n[k]), float(freq[k] / n[k]), int(n[k])] for k in np.flatnonzero(ok)]
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)
-        return {'ece': ece, 'brier': brier, 'mean_ece': float(np.nanmean(list(ece.values()))),
-                'mean_brier': float(np.nanmean(list(brier.values()))), 'bins': bins,
-                'reliability': curve}  # per label: [mean probability, observed frequency, images] per non-empty bin
+__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'parse_model_args', 'runs_root', 'default_out_dir', 'TrainConfig',
+           'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups', 'masked_bce',
+           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
+           'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #32d1700a
 def parse_model_args(s: str | dict | None) -> dict:

@@ -143,3 +143,27 @@ def test_a_table_cell_traces_to_its_run(tiny, site):
     # the ResultTable API gives the same runs
     rs = [r for r in collect(grid, root, table='main', recipe=recipe) if r.tag['dataset'] == chx and r.tag['model'] == 'LT-ViT']
     assert [r.name for r in rs] == list(run_ids) and [r.folder for r in rs] == folders
+
+
+def test_published_pages_re_execute_from_the_committed_results(tmp_path):
+    "On a clone without the grid (no runs/quick), every paper page reads nbs/paper/results/quick and remakes its tables."
+    published = ROOT / 'nbs' / 'paper' / 'results' / 'quick'
+    assert (published / 'grid.json').is_file(), 'nbs/paper/results/quick is not committed'
+    size = sum(f.stat().st_size for f in published.rglob('*') if f.is_file())
+    assert size < 15e6, f'the published results are {size / 1e6:.1f} MB'
+    assert not any(f.suffix in ('.safetensors', '.pth', '.npy', '.png') for f in published.rglob('*'))  # no weights or images
+    out, env = tmp_path / 'out', {**__import__('os').environ, 'LTVIT_RUNS': str(tmp_path / 'no_runs')}
+    for name in PAPER_NOTEBOOKS:
+        dst = tmp_path / f'{name}.ipynb'
+        r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'paper' / f'{name}.ipynb'), str(dst),
+                            '--cwd', str(ROOT / 'nbs' / 'paper'), '--no-progress-bar', '-p', 'save_dir', str(out)],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, f'{name}: {r.stderr[-3000:]}'
+        assert 'reading the published results in nbs/paper/results/quick' in dst.read_text(), name
+    made = sorted((out / 'tables').glob('*.csv'))
+    assert {json.loads(f.with_suffix('.json').read_text())['notebook'] for f in made} == set(PAPER_NOTEBOOKS)
+    for f in made:
+        meta = json.loads(f.with_suffix('.json').read_text())
+        assert meta['missing'] == [], f.name
+        committed = pd.read_csv(ROOT / 'nbs' / 'paper' / 'tables' / f.name)
+        pd.testing.assert_frame_equal(pd.read_csv(f), committed, check_exact=True, obj=f.name)
