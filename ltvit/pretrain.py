@@ -18,6 +18,7 @@ import pandas as pd
 import timm
 import torch
 import torch.nn.functional as F
+from fastcore.basics import store_attr
 from safetensors.torch import save_file
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -30,10 +31,11 @@ from .metrics import auc_report
 from .train import TrainConfig, build_datasets, parse_model_args
 
 # %% auto #0
-__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'pretrain_supervised', 'augment_views',
-           'WeightNormLinear', 'DINOHead', 'MultiCropWrapper', 'dino_momentum', 'pretrain_dino', 'MaskedAutoencoder',
-           'pretrain_mae', 'standin_file', 'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task',
-           'pretrain_task', 'frozen_features', 'linear_probe', 'probe_task']
+__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'PretrainMethod', 'run_pretraining',
+           'Supervised', 'pretrain_supervised', 'augment_views', 'WeightNormLinear', 'DINOHead', 'MultiCropWrapper',
+           'dino_momentum', 'DINO', 'pretrain_dino', 'MaskedAutoencoder', 'MAE', 'pretrain_mae', 'standin_file',
+           'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task', 'pretrain_task', 'frozen_features',
+           'linear_probe', 'probe_task']
 
 # %% ../nbs/03a_pretrain.ipynb #84d89496
 ATTRIBUTES = ('rotation', 'scale', 'shift_x', 'shift_y', 'exposure', 'gamma', 'body', 'lung_h')
@@ -89,33 +91,73 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
     stop = n - batch_size + 1 if n >= batch_size else 1  # full batches only; one short batch when n < batch_size
     for k in range(0, stop, batch_size): yield perm[k:k + batch_size]
 
+# %% ../nbs/03a_pretrain.ipynb #c0ffee02
+class PretrainMethod:
+    "One pre-training method for `run_pretraining`: its parameters, its optimiser settings and its training step."
+    holdout: float = 0.0  # the first fraction of the images, held out for `evaluate`
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
+    clip: float | None = None  # gradient-norm clipping
+    def parameters(self) -> list[nn.Parameter]: raise NotImplementedError
+    def warmup(self, per_epoch: int, steps: int) -> int: return per_epoch  # linear warm-up steps, then cosine
+    def start(self, epochs: int, steps: int): pass  # before the first step
+    def train_mode(self, epoch: int): pass
+    def loss(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, epoch: int) -> torch.Tensor:
+        "The loss of a batch: uint8 images `x` and their indices `idx` in the whole image array."
+        raise NotImplementedError
+    def after_backward(self, epoch: int): pass  # gradients are there, the step is not taken
+    def after_step(self, step: int, steps: int): pass
+    def end_epoch(self, epoch: int, epochs: int, losses: list[float], held_out: tuple) -> dict:
+        "The epoch's history row (also logged by the loop); `held_out` is `(images, indices)`."
+        return {}
+
+def run_pretraining(method: PretrainMethod, images: np.ndarray,  # uint8 `(N, H, W)`
+                    epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int = 0,
+                    log=print) -> tuple[pd.DataFrame, torch.optim.Optimizer]:
+    "The one loop of every stand-in: AdamW, warm-up then cosine, shuffled full batches; the history and the optimizer."
+    seed_everything(seed)
+    x = torch.from_numpy(images)
+    n_val = max(1, len(x) // round(1 / method.holdout)) if method.holdout else 0
+    params = method.parameters()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=method.betas)
+    per_epoch = max(1, (len(x) - n_val) // batch_size); steps = epochs * per_epoch
+    set_lr, gen = _schedule(opt, steps, method.warmup(per_epoch, steps), lr), torch.Generator().manual_seed(seed)
+    method.start(epochs, steps)
+    held_out, hist, step = (x[:n_val], torch.arange(n_val)), [], 0
+    for ep in range(epochs):
+        method.train_mode(ep); losses = []
+        for idx in _batches(len(x) - n_val, batch_size, gen):
+            set_lr(step)
+            loss = method.loss(x[n_val + idx], n_val + idx, gen, ep)
+            opt.zero_grad(set_to_none=True); loss.backward(); method.after_backward(ep)
+            if method.clip: torch.nn.utils.clip_grad_norm_(params, method.clip)
+            opt.step(); method.after_step(step, steps); step += 1; losses.append(loss.item())
+        row = method.end_epoch(ep, epochs, losses, held_out)
+        hist.append(row['history']); log(row['log'])
+    return pd.DataFrame(hist), opt
+
 # %% ../nbs/03a_pretrain.ipynb #2444d4a0
+class Supervised(PretrainMethod):
+    "Regression of the standardised `ATTRIBUTES` (mean squared error), 10 % held out for R²."
+    holdout = 0.1
+    def __init__(self, model: VisionTransformer, attributes: pd.DataFrame):
+        y = torch.tensor(attributes[list(ATTRIBUTES)].to_numpy(np.float32))
+        self.model, self.y = model, (y - y.mean(0)) / y.std(0).clamp_min(1e-6)
+    def parameters(self): return list(self.model.parameters())
+    def train_mode(self, epoch): self.model.train()
+    def loss(self, x, idx, gen, epoch): return F.mse_loss(self.model(_to_input(x)), self.y[idx])
+    def end_epoch(self, epoch, epochs, losses, held_out):
+        (xv, iv), yv = held_out, self.y[held_out[1]]
+        self.model.eval()
+        with torch.no_grad(): pv = torch.cat([self.model(_to_input(xv[k:k + 256])) for k in range(0, len(xv), 256)])
+        r2 = float(1 - ((pv - yv) ** 2).mean() / yv.var(0, unbiased=False).mean())
+        h = {'epoch': epoch + 1, 'loss': float(np.mean(losses)), 'val_r2': r2}
+        return {'history': h, 'log': f'supervised epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}, held-out R2 {r2:.3f}'}
+
 def pretrain_supervised(model: VisionTransformer,  # a timm ViT with `len(ATTRIBUTES)` outputs
                         images: np.ndarray, attributes: pd.DataFrame, epochs: int = 20, batch_size: int = 64,
                         lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, log=print) -> pd.DataFrame:
     "Train `model` to regress the standardised `ATTRIBUTES`; the history (loss, held-out R²) per epoch."
-    seed_everything(seed)
-    y = torch.tensor(attributes[list(ATTRIBUTES)].to_numpy(np.float32))
-    y = (y - y.mean(0)) / y.std(0).clamp_min(1e-6)
-    x = torch.from_numpy(images)
-    n_val = max(1, len(x) // 10)
-    xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    per_epoch = max(1, len(xt) // batch_size)
-    set_lr, gen = _schedule(opt, epochs * per_epoch, per_epoch, lr), torch.Generator().manual_seed(seed)
-    hist, step = [], 0
-    for ep in range(epochs):
-        model.train(); losses = []
-        for idx in _batches(len(xt), batch_size, gen):
-            set_lr(step); step += 1
-            loss = F.mse_loss(model(_to_input(xt[idx])), yt[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
-        model.eval()
-        with torch.no_grad(): pv = torch.cat([model(_to_input(xv[k:k + 256])) for k in range(0, len(xv), 256)])
-        r2 = float(1 - ((pv - yv) ** 2).mean() / yv.var(0, unbiased=False).mean())
-        hist.append({'epoch': ep + 1, 'loss': float(np.mean(losses)), 'val_r2': r2})
-        log(f'supervised epoch {ep + 1}/{epochs}: loss {hist[-1]["loss"]:.4f}, held-out R2 {r2:.3f}')
-    return pd.DataFrame(hist)
+    return run_pretraining(Supervised(model, attributes), images, epochs, batch_size, lr, weight_decay, seed, log)[0]
 
 # %% ../nbs/03a_pretrain.ipynb #b0f41b98
 def augment_views(x: torch.Tensor,  # uint8 `(B, H, W)` images
@@ -170,62 +212,69 @@ def dino_momentum(steps: int) -> float:
     "The teacher's base EMA momentum for a run of `steps`: DINO's 0.996, or lower when the run is short."
     return min(0.996, 1 - 10 / steps)  # sum of (1 - m) over the cosine schedule = 5: e^-5 < 1% of the init is left
 
+class DINO(PretrainMethod):
+    "DINO self-distillation between two augmented views: the student learns, the teacher follows its EMA."
+    clip = 3.0
+    def __init__(self, student: MultiCropWrapper, teacher: MultiCropWrapper,
+                 momentum: float | None = None,  # the teacher's base EMA momentum (None: `dino_momentum(steps)`)
+                 student_temp: float = 0.1,
+                 teacher_temp: float = 0.02,  # the teacher's final temperature (DINO's ImageNet run: 0.04 to 0.07)
+                 warmup_teacher_temp: float = 0.01,  # its temperature at the start, raised linearly to `teacher_temp`
+                 warmup_teacher_epochs: float = 0.3,  # the warm-up, as a fraction of the epochs (DINO: 30 of 100)
+                 center_momentum: float = 0.9,
+                 freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
+                 crop_scale: tuple[float, float] = (0.6, 1.0),  # the views' crop areas (`augment_views`' `scale`)
+                 augment_strength: float = 0.4):  # `augment_views`' `strength`
+        store_attr()
+        self.center = torch.zeros(1, student.head.last_layer.weight_v.shape[0])
+    def parameters(self):
+        self.teacher.load_state_dict(self.student.state_dict())
+        for p in self.teacher.parameters(): p.requires_grad_(False)
+        return [p for p in self.student.parameters() if p.requires_grad]
+    def warmup(self, per_epoch, steps): return max(per_epoch, steps // 10)  # DINO: 10 of 100 epochs
+    def start(self, epochs, steps):
+        self.base_momentum = dino_momentum(steps) if self.momentum is None else self.momentum
+        warm = max(1, round(self.warmup_teacher_epochs * epochs))
+        self.temps = np.concatenate([np.linspace(self.warmup_teacher_temp, self.teacher_temp, warm),
+                                     np.full(epochs, self.teacher_temp)])
+        self.ents, self.used = [], []
+    def train_mode(self, epoch): self.student.train(); self.teacher.train(); self.ents, self.used = [], []
+    def loss(self, x, idx, gen, epoch):
+        v1, v2 = (_to_input(augment_views(x, gen, self.crop_scale, self.augment_strength)) for _ in range(2))
+        with torch.no_grad():
+            self.t = t1, t2 = self.teacher(v1), self.teacher(v2)
+            q1, q2 = (F.softmax((t - self.center) / float(self.temps[epoch]), -1) for t in (t1, t2))
+        s1, s2 = self.student(v1), self.student(v2)
+        cross = lambda t, s: -(t * F.log_softmax(s / self.student_temp, -1)).sum(-1).mean()
+        self.ents.append(float(-(q1 * q1.clamp_min(1e-12).log()).sum(-1).mean()))
+        q = q1.mean(0); self.used.append(float(-(q * q.clamp_min(1e-12).log()).sum()))  # prototypes in use
+        return (cross(q1, s2) + cross(q2, s1)) / 2
+    def after_backward(self, epoch):
+        if epoch < self.freeze_last_layer: self.student.head.last_layer.weight_v.grad = None  # DINO's first epochs
+    def after_step(self, step, steps):
+        self.m = 1 - (1 - self.base_momentum) * (math.cos(math.pi * step / steps) + 1) / 2
+        with torch.no_grad():
+            for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+                pt.mul_(self.m).add_(ps.detach(), alpha=1 - self.m)
+            self.center = (self.center_momentum * self.center
+                           + (1 - self.center_momentum) * torch.cat(self.t).mean(0, keepdim=True))
+    def end_epoch(self, epoch, epochs, losses, held_out):
+        k = self.center.shape[1]
+        h = {'epoch': epoch + 1, 'loss': float(np.mean(losses)), 'teacher_entropy': float(np.mean(self.ents)),
+             'batch_entropy': float(np.mean(self.used)), 'teacher_temp': float(self.temps[epoch]), 'momentum': self.m}
+        return {'history': h, 'log': (
+            f'DINO epoch {epoch + 1}/{epochs}: loss {h["loss"]:.3f}, teacher entropy {h["teacher_entropy"]:.3f} per '
+            f'image, {h["batch_entropy"]:.3f} over the batch (collapse: per image near log {k} = {math.log(k):.2f}, '
+            f'or batch near 0), temperature {h["teacher_temp"]:.3f}, momentum {self.m:.4f}')}
+
 def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: np.ndarray, epochs: int = 10,
-                  batch_size: int = 64, lr: float = 2.5e-4, weight_decay: float = 0.04,
-                  momentum: float | None = None,  # the teacher's base EMA momentum (None: `dino_momentum(steps)`)
-                  student_temp: float = 0.1,
-                  teacher_temp: float = 0.02,  # the teacher's final temperature (DINO's ImageNet run: 0.04 to 0.07)
-                  warmup_teacher_temp: float = 0.01,  # its temperature at the start, raised linearly to `teacher_temp`
-                  warmup_teacher_epochs: float = 0.3,  # the warm-up, as a fraction of the epochs (DINO: 30 of 100)
-                  crop_scale: tuple[float, float] = (0.6, 1.0),  # the views' crop areas (`augment_views`' `scale`)
-                  augment_strength: float = 0.4,  # `augment_views`' `strength`
-                  center_momentum: float = 0.9,
-                  freeze_last_layer: int = 1,  # epochs during which the prototypes stay fixed
-                  seed: int = 0, log=print) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
+                  batch_size: int = 64, lr: float = 2.5e-4, weight_decay: float = 0.04, seed: int = 0, log=print,
+                  **kw,  # `DINO`'s settings: temperatures, momentum, views
+                 ) -> tuple[pd.DataFrame, torch.Tensor, torch.optim.Optimizer]:
     "DINO self-distillation; the history (loss, entropies, temperature, momentum), the final centre, the optimizer."
-    seed_everything(seed)
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters(): p.requires_grad_(False)
-    x = torch.from_numpy(images)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    per_epoch = max(1, len(x) // batch_size); steps = epochs * per_epoch
-    momentum = dino_momentum(steps) if momentum is None else momentum
-    warm = max(1, round(warmup_teacher_epochs * epochs))
-    temps = np.concatenate([np.linspace(warmup_teacher_temp, teacher_temp, warm), np.full(epochs, teacher_temp)])
-    set_lr = _schedule(opt, steps, max(per_epoch, steps // 10), lr)  # DINO: 10 of 100 epochs of warm-up
-    gen, hist, step = torch.Generator().manual_seed(seed), [], 0
-    out_dim = student.head.last_layer.weight_v.shape[0]
-    center = torch.zeros(1, out_dim)
-    def cross(t, s): return -(t * F.log_softmax(s / student_temp, -1)).sum(-1).mean()
-    for ep in range(epochs):
-        student.train(); teacher.train(); losses, ents, used, tt = [], [], [], float(temps[ep])
-        for idx in _batches(len(x), batch_size, gen):
-            set_lr(step)
-            v1, v2 = (_to_input(augment_views(x[idx], gen, crop_scale, augment_strength)) for _ in range(2))
-            with torch.no_grad():
-                t1, t2 = teacher(v1), teacher(v2)
-                q1, q2 = (F.softmax((t - center) / tt, -1) for t in (t1, t2))
-            s1, s2 = student(v1), student(v2)
-            loss = (cross(q1, s2) + cross(q2, s1)) / 2
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if ep < freeze_last_layer: student.head.last_layer.weight_v.grad = None  # DINO's first-epoch freeze
-            torch.nn.utils.clip_grad_norm_(params, 3.0); opt.step()
-            m = 1 - (1 - momentum) * (math.cos(math.pi * step / steps) + 1) / 2; step += 1
-            with torch.no_grad():
-                for ps, pt in zip(student.parameters(), teacher.parameters()): pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                center = center_momentum * center + (1 - center_momentum) * torch.cat([t1, t2]).mean(0, keepdim=True)
-            losses.append(loss.item()); ents.append(float(-(q1 * q1.clamp_min(1e-12).log()).sum(-1).mean()))
-            q = q1.mean(0); used.append(float(-(q * q.clamp_min(1e-12).log()).sum()))  # prototypes in use
-        hist.append({'epoch': ep + 1, 'loss': float(np.mean(losses)), 'teacher_entropy': float(np.mean(ents)),
-                     'batch_entropy': float(np.mean(used)), 'teacher_temp': tt, 'momentum': m})
-        log(
-            f'DINO epoch {ep + 1}/{epochs}: loss {hist[-1]["loss"]:.3f}, '
-            f'teacher entropy {hist[-1]["teacher_entropy"]:.3f} per image, {hist[-1]["batch_entropy"]:.3f} over the '
-            f'batch (collapse: per image near log {out_dim} = {math.log(out_dim):.2f}, or batch near 0), '
-            f'temperature {tt:.3f}, momentum {m:.4f}'
-        )
-    return pd.DataFrame(hist), center, opt
+    method = DINO(student, teacher, **kw)
+    hist, opt = run_pretraining(method, images, epochs, batch_size, lr, weight_decay, seed, log)
+    return hist, method.center, opt
 
 # %% ../nbs/03a_pretrain.ipynb #5fc3ff25
 class MaskedAutoencoder(nn.Module):
@@ -279,28 +328,25 @@ class MaskedAutoencoder(nn.Module):
         return {k.removeprefix('encoder.'): v for k, v in self.state_dict().items()}
 
 # %% ../nbs/03a_pretrain.ipynb #baa78ae1
+class MAE(PretrainMethod):
+    "Masked-patch reconstruction (MAE's betas), 10 % held out for the reconstruction loss."
+    holdout, betas = 0.1, (0.9, 0.95)
+    def __init__(self, mae: MaskedAutoencoder): self.mae = mae
+    def parameters(self): return list(self.mae.parameters())
+    def train_mode(self, epoch): self.mae.train()
+    def loss(self, x, idx, gen, epoch): return self.mae(_to_input(x), gen)[0]
+    def end_epoch(self, epoch, epochs, losses, held_out):
+        self.mae.eval()
+        with torch.no_grad(): val = float(self.mae(_to_input(held_out[0]), torch.Generator().manual_seed(0))[0])
+        h = {'epoch': epoch + 1, 'loss': float(np.mean(losses)), 'val_loss': val}
+        return {'history': h,
+                'log': f'MAE epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}, held-out {val:.4f} (patch means score 1.0)'}
+
 def pretrain_mae(mae: MaskedAutoencoder, images: np.ndarray, epochs: int = 30, batch_size: int = 64,
                  lr: float = 1.5e-3, weight_decay: float = 0.05, seed: int = 0,
                  log=print) -> tuple[pd.DataFrame, torch.optim.Optimizer]:
     "MAE pre-training; the history (loss, held-out loss on 10 % of the images) and the optimizer."
-    seed_everything(seed)
-    x = torch.from_numpy(images)
-    n_val = max(1, len(x) // 10); xv, xt = x[:n_val], x[n_val:]
-    opt = torch.optim.AdamW(mae.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
-    per_epoch = max(1, len(xt) // batch_size)
-    set_lr, gen = _schedule(opt, epochs * per_epoch, per_epoch, lr), torch.Generator().manual_seed(seed)
-    hist, step = [], 0
-    for ep in range(epochs):
-        mae.train(); losses = []
-        for idx in _batches(len(xt), batch_size, gen):
-            set_lr(step); step += 1
-            loss = mae(_to_input(xt[idx]), gen)[0]
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
-        mae.eval()
-        with torch.no_grad(): val = float(mae(_to_input(xv), torch.Generator().manual_seed(0))[0])
-        hist.append({'epoch': ep + 1, 'loss': float(np.mean(losses)), 'val_loss': val})
-        log(f'MAE epoch {ep + 1}/{epochs}: loss {hist[-1]["loss"]:.4f}, held-out {val:.4f} (patch means score 1.0)')
-    return pd.DataFrame(hist), opt
+    return run_pretraining(MAE(mae), images, epochs, batch_size, lr, weight_decay, seed, log)
 
 # %% ../nbs/03a_pretrain.ipynb #d8f8bf91
 STANDIN_FILES = {'supervised': 'model.safetensors', 'dino': 'checkpoint.pth', 'mae': 'checkpoint-{last}.pth'}
