@@ -160,8 +160,12 @@ def test_published_pages_re_execute_from_the_committed_results(tmp_path):
                            capture_output=True, text=True, env=env, timeout=900)
         assert r.returncode == 0, f'{name}: {r.stderr[-3000:]}'
         assert 'reading the published results in nbs/paper/results/quick' in dst.read_text(), name
+    metas = [json.loads(f.read_text()) for f in sorted(out.glob('*/*.json'))]
+    assert {m['notebook'] for m in metas} == set(PAPER_NOTEBOOKS)  # every page saved what it shows
+    figures = {f.name for f in (out / 'figures').glob('*.png')}
+    assert figures == {f.name for f in (ROOT / 'nbs' / 'paper' / 'figures').glob('*.png')}
     made = sorted((out / 'tables').glob('*.csv'))
-    assert {json.loads(f.with_suffix('.json').read_text())['notebook'] for f in made} == set(PAPER_NOTEBOOKS)
+    assert {f.name for f in made} == {f.name for f in (ROOT / 'nbs' / 'paper' / 'tables').glob('*.csv')}
     for f in made:
         meta = json.loads(f.with_suffix('.json').read_text())
         assert meta['missing'] == [], f.name
