@@ -20,7 +20,7 @@ from PIL import Image
 
 import ltvit  # noqa: F401
 from ltvit.core import CXR_MEAN, CXR_STD, NIH_LABELS
-from ltvit.model import save_model
+from ltvit.checkpoint import save_model
 from ltvit.predict import find_inputs, predict_files, read_any, write_test_dicom
 
 

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 `import ltvit` registers the `ltvit_*` models with timm and exposes the public API."""
 from .core import *
 from .model import *
+from .checkpoint import *
 from .data import *
 from .synthetic import make_synthetic
 from .cache import build_cache, cache_dataset, default_cache_dir, ImageCache

@@ -123,6 +123,7 @@ class ImageCache:
         return cache
 
     def get(self, image_id: str) -> np.ndarray:
+        "The cached uint8 image of `image_id` (a view into the memory map)."
         if self._mm is None:
             self._mm = np.memmap(
                 self.path / 'images.u8', dtype=np.uint8, mode='r', shape=(self.n, self.size, self.size)
@@ -170,8 +171,9 @@ def cache_cli(argv: Sequence[str] | None = None):
     p.add_argument('--out', default=None, help='cache folder (default: <data-dir>/ltvit_cache/<size>px)')
     p.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
     p.add_argument('--subset', action='store_true', help='the folder holds only part of the release')
+    p.add_argument('--quiet', action='store_true', help='no progress bar (the closing line is still printed)')
     a = p.parse_args(argv)
     t = time.time()
-    out = cache_dataset(a.dataset, a.data_dir, a.size, a.out, a.workers, a.subset)
+    out = cache_dataset(a.dataset, a.data_dir, a.size, a.out, a.workers, a.subset, progress=not a.quiet)
     meta = json.loads((out / 'meta.json').read_text())
     print(f'{meta["n"]:,} images cached at {a.size}px in {out} ({time.time() - t:.1f} s), verified.')

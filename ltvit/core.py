@@ -24,7 +24,7 @@ import torch
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
            'CXR_STD', 'MACHINE_KEYS', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast',
            'get_data_dir', 'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions', 'code_version',
-           'science_hash']
+           'science_hash', 'display_path']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -203,3 +203,13 @@ def _science(o):
 def science_hash(obj) -> str:
     "SHA-256 of `obj` (a run's config or metrics) without what describes the machine: paths, timings, versions."
     return hashlib.sha256(json.dumps(_science(obj), sort_keys=True, default=_plain).encode()).hexdigest()
+
+# %% ../nbs/00_core.ipynb #d15p1a02
+def display_path(p: str | os.PathLike) -> str:
+    "`p` as messages show it: relative to the working folder (or its checkout), else `~/...`, else as is."
+    p, here = Path(p).absolute(), Path.cwd()
+    root = repo_root(here)
+    if p.is_relative_to(here) or ((root / 'settings.ini').is_file() and p.is_relative_to(root)):
+        return os.path.relpath(p, here)
+    if p.is_relative_to(Path.home()): return str(Path('~') / p.relative_to(Path.home()))
+    return str(p)

@@ -151,6 +151,7 @@ def find_nih_images(root: str | Path) -> dict[str, Path]:
 SPLITS = ('train', 'val', 'test')
 
 def read_split_list(path: Path) -> list[str]:
+    "The image names of an official split list (`train_val_list.txt`, `test_list.txt`), one per line."
     if not path.is_file(): raise DataError(f'Split list not found: {path}')
     names = [l.strip() for l in path.read_text().splitlines() if l.strip()]
     bad = [n for n in names if not n.endswith('.png')]
@@ -358,6 +359,7 @@ def chexpert_targets(df: pd.DataFrame, labels: Sequence[str], policy: str = 'mix
     return y, mask
 
 def resolve_chexpert_path(root: Path, p: str) -> Path:
+    "The file of a CSV `Path` under `root`; a missing one is looked for without the leading `CheXpert-v1.0*/` folder."
     full = root / p
     if full.exists(): return full
     parts = Path(p).parts

@@ -25,17 +25,17 @@ from .core import atomic_write, autocast, get_data_dir, get_device, get_precisio
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
 from .interpret import (CEILING, attention_maps, choose_layer, compare_localisation, dataset_boxes, gradcam_maps,
                              label_maps, localisation_differences, prior_maps)
-from .model import load_model
+from .checkpoint import load_model
 from .pretrain import standin_file
 from .synthetic import make_synthetic, synthetic_to_chexpert
-from .train import TrainConfig, build_datasets, parse_model_args, runs_root
+from .train import TRAIN_PRESETS, TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
-__all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES',
-           'DATA_SIZES', 'PAPER_NOTEBOOKS', 'PUBLISHED_FILES', 'make_grid', 'synthetic_data_task', 'cache_task',
-           'localisation_task', 'time_models', 'speed_task', 'train_flops_per_image', 'estimate_gpu_hours',
-           'format_estimate', 'runs_dir', 'published_dir', 'load_grid', 'paper_dir', 'publish_results',
-           'run_paper_notebooks', 'main']
+__all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'RECIPE', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES',
+           'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'PUBLISHED_FILES', 'make_grid', 'synthetic_data_task',
+           'cache_task', 'localisation_task', 'time_models', 'speed_task', 'train_flops_per_image',
+           'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'published_dir', 'load_grid', 'paper_dir',
+           'publish_results', 'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
@@ -53,6 +53,8 @@ VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or t
     'label parameters at 0.1x lr': {'readout_lr_scale': 0.1},
 }
 
+RECIPE = TRAIN_PRESETS['recipe']
+
 PRESETS: dict[str, dict] = {
     'paper': dict(
         description='NIH ChestX-ray14 and CheXpert, ViT-S/16 at 224 px, the default recipe (75 epochs), hub weights; '
@@ -60,15 +62,9 @@ PRESETS: dict[str, dict] = {
         data='real',
         size='small',
         model_args='',
-        img_size=224,
-        epochs=75,
-        batch_size=256,
-        lr=None,
+        **{k: RECIPE[k] for k in ('img_size', 'epochs', 'batch_size', 'lr', 'augment', 'drop_path', 'workers',
+                                  'preload')},  # the training recipe, written once (TRAIN_PRESETS['recipe'])
         layer_decay=0.55,  # Medical MAE's value for 12 blocks; the readouts of both arms at the head's rate
-        augment='rand-m6-mstd0.5',
-        drop_path=0.2,
-        workers=8,
-        preload=False,
         n2=4,
         n2_grid=(1, 2, 4, 6, 8, 12),
         main_init='ImageNet',
@@ -121,43 +117,34 @@ PRESETS: dict[str, dict] = {
         n_examples=6,
         speed=dict(batch=32, reps=5),
     ),
-    'tiny': dict(
-        description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; '
-                    'CPU',
-        data='synthetic',
-        size='tiny',
-        model_args='embed_dim:48,depth:2,num_heads:2,patch_size:8',
-        img_size=32,
-        epochs=1,
-        batch_size=16,
-        lr=1e-3,
-        layer_decay=0.75,
-        augment='none',
-        drop_path=0.0,
-        workers=0,
-        preload=True,
-        n2=1,
-        n2_grid=(1, 2),
-        main_init='ImageNet',
-        n_boot=50,
-        seeds=2,
-        patients=50,
-        weights=None,
-        pretrain=dict(
-            images=64,
-            batch_size=32,
-            epochs={'supervised': 1, 'dino': 1, 'mae': 1},
-            lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
-            seeds={'supervised': 2, 'dino': 1, 'mae': 1},
-        ),
-        localisation=dict(model_args='embed_dim:48,depth:2,num_heads:2,patch_size:4', epochs=1, init='ImageNet'),
-        loc_images=8,
-        loc_val_images=8,
-        n_examples=2,
-        speed=dict(batch=4, reps=1),
-    ),
 }
 
+PRESETS['tiny'] = dict(  # the quick preset at toy sizes, for tests
+    PRESETS['quick'],
+    description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; CPU',
+    model_args='embed_dim:48,depth:2,num_heads:2,patch_size:8',
+    img_size=32,
+    epochs=1,
+    batch_size=16,
+    lr=1e-3,
+    n2=1,
+    n2_grid=(1, 2),
+    n_boot=50,
+    seeds=2,
+    patients=50,
+    pretrain=dict(
+        images=64,
+        batch_size=32,
+        epochs={'supervised': 1, 'dino': 1, 'mae': 1},
+        lr={'supervised': 1e-3, 'dino': 5e-4, 'mae': 1.5e-3},
+        seeds={'supervised': 2, 'dino': 1, 'mae': 1},
+    ),
+    localisation=dict(model_args='embed_dim:48,depth:2,num_heads:2,patch_size:4', epochs=1, init='ImageNet'),
+    loc_images=8,
+    loc_val_images=8,
+    n_examples=2,
+    speed=dict(batch=4, reps=1),
+)
 
 # %% ../nbs/06a_experiments.ipynb #6a406ef1
 DATASET_NAMES = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}

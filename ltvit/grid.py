@@ -78,7 +78,9 @@ class Grid:
         if name not in self.runs: raise KeyError(f'Grid {self.preset!r} has no run named {name!r}.')
         return self.runs[name]
 
-    def folder(self, name: str, root: str | Path) -> Path: return Path(root) / self.id(name)
+    def folder(self, name: str, root: str | Path) -> Path:
+        "Run `name`'s folder in the grid folder `root`: `<root>/<name>-<hash of its definition>`."
+        return Path(root) / self.id(name)
 
     def resolve(self, name: str, root: str | Path) -> dict:
         "The run's parameters with every `{run:NAME}` replaced by that run's folder."

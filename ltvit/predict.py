@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .core import atomic_write, get_device
 from .data import load_image, make_transform
 from .interpret import attention_maps
-from .model import LTViT, checkpoint_metadata, load_model
+from .checkpoint import checkpoint_metadata, load_model
+from .model import LTViT
 from .metrics import OPERATING_POINTS
 
 # %% auto #0
@@ -401,6 +402,7 @@ class ExportWrapper(torch.nn.Module):
         if isinstance(self.model, LTViT):  # the split attention path: the same outputs, operators ONNX has
             for b in self.model.lt_modules(): b.split = True
     def forward(self, x: torch.Tensor):
+        "Logits `(B, C)`; with `maps`, also the last LT block's label-to-patch attention `(B, C, gh, gw)`."
         if not self.maps: return self.model(x)
         out = self.model.forward_lt(x, return_attention=True)
         a = out['attention'][-1][:, :, :, out['n_prefix']:out['n_img']].float()

@@ -25,7 +25,7 @@ from torch import nn
 
 from .cache import _resize
 from .core import CXR_MEAN, CXR_STD, atomic_write, seed_everything, write_json
-from .model import load_pretrained
+from .checkpoint import load_pretrained
 from .synthetic import PREVALENCE, Anatomy, render, sample_findings
 from .metrics import auc_report
 from .train import TrainConfig, build_datasets, parse_model_args
@@ -97,15 +97,23 @@ class PretrainMethod:
     holdout: float = 0.0  # the first fraction of the images, held out for `evaluate`
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
     clip: float | None = None  # gradient-norm clipping
-    def parameters(self) -> list[nn.Parameter]: raise NotImplementedError
-    def warmup(self, per_epoch: int, steps: int) -> int: return per_epoch  # linear warm-up steps, then cosine
-    def start(self, epochs: int, steps: int): pass  # before the first step
-    def train_mode(self, epoch: int): pass
+    def parameters(self) -> list[nn.Parameter]:
+        "What the optimizer trains (called once, before the first step)."
+        raise NotImplementedError
+    def warmup(self, per_epoch: int, steps: int) -> int:
+        "Steps of linear learning-rate warm-up before the cosine decay (default: one epoch)."
+        return per_epoch
+    def start(self, epochs: int, steps: int):
+        "Called once before the first step, with the run's length."
+    def train_mode(self, epoch: int):
+        "Called at the start of each epoch (put the models in training mode)."
     def loss(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, epoch: int) -> torch.Tensor:
         "The loss of a batch: uint8 images `x` and their indices `idx` in the whole image array."
         raise NotImplementedError
-    def after_backward(self, epoch: int): pass  # gradients are there, the step is not taken
-    def after_step(self, step: int, steps: int): pass
+    def after_backward(self, epoch: int):
+        "Called between the backward pass and the optimizer step (the gradients are there)."
+    def after_step(self, step: int, steps: int):
+        "Called after optimizer step `step` of `steps`."
     def end_epoch(self, epoch: int, epochs: int, losses: list[float], held_out: tuple) -> dict:
         "The epoch's history row (also logged by the loop); `held_out` is `(images, indices)`."
         return {}
@@ -146,7 +154,7 @@ class Supervised(PretrainMethod):
     def train_mode(self, epoch): self.model.train()
     def loss(self, x, idx, gen, epoch): return F.mse_loss(self.model(_to_input(x)), self.y[idx])
     def end_epoch(self, epoch, epochs, losses, held_out):
-        (xv, iv), yv = held_out, self.y[held_out[1]]
+        xv, yv = held_out[0], self.y[held_out[1]]
         self.model.eval()
         with torch.no_grad(): pv = torch.cat([self.model(_to_input(xv[k:k + 256])) for k in range(0, len(xv), 256)])
         r2 = float(1 - ((pv - yv) ** 2).mean() / yv.var(0, unbiased=False).mean())
@@ -168,7 +176,7 @@ def augment_views(x: torch.Tensor,  # uint8 `(B, H, W)` images
     "One random view of each image: crop (area fraction in `scale`) and rotation, intensity changes, blur, noise."
     if not 0 < scale[0] <= scale[1] <= 1: raise ValueError(f'scale={scale}: expected 0 < low <= high <= 1.')
     if strength < 0: raise ValueError(f'strength={strength}: expected 0 or more.')
-    B, H, W, k = *x.shape, strength
+    B, k = x.shape[0], strength
     u = lambda lo, hi, *s: lo + (hi - lo) * torch.rand(*(s or (B,)), generator=gen)
     side, ang = u(*scale).sqrt(), u(-0.17 * k, 0.17 * k)
     tx, ty = (1 - side) * u(-1, 1), (1 - side) * u(-1, 1)
@@ -190,7 +198,9 @@ class WeightNormLinear(nn.Module):
         super().__init__()
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)
         self.weight_v = nn.Parameter(torch.randn(out_dim, in_dim) * 0.02)
-    def forward(self, x): return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1))
+    def forward(self, x):
+        "Prototype scores of `x`: the rows of `weight_v` normalised to `weight_g` (one)."
+        return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1))
 
 class DINOHead(nn.Module):
     "DINO's projection head: MLP, L2-normalised bottleneck, weight-normalised prototypes."
@@ -199,13 +209,17 @@ class DINOHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         self.last_layer = WeightNormLinear(bottleneck, out_dim)
-    def forward(self, x): return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+    def forward(self, x):
+        "Prototype scores `(B, out_dim)` of backbone features `(B, in_dim)`."
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 class MultiCropWrapper(nn.Module):
     "DINO's wrapper: `backbone` (a timm ViT without classifier, its CLS feature) then `head`."
     def __init__(self, backbone: VisionTransformer, head: DINOHead):
         super().__init__(); self.backbone, self.head = backbone, head
-    def forward(self, x): return self.head(self.backbone(x))
+    def forward(self, x):
+        "The head's prototype scores of the backbone's CLS feature of images `x`."
+        return self.head(self.backbone(x))
 
 # %% ../nbs/03a_pretrain.ipynb #a15fd423
 def dino_momentum(steps: int) -> float:

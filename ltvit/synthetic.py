@@ -71,6 +71,7 @@ class Anatomy:
     heart: float; lung_w: float; lung_h: float; rib_phase: float; shift: float; body: float
     @classmethod
     def sample(cls, rng):
+        "One patient's anatomy, drawn from `rng`."
         return cls(heart=rng.uniform(0.85, 1.15), lung_w=rng.uniform(0.92, 1.08), lung_h=rng.uniform(0.92, 1.08),
                    rib_phase=rng.uniform(-0.01, 0.01), shift=rng.uniform(-0.015, 0.015), body=rng.uniform(0.9, 1.1))
 
@@ -242,7 +243,9 @@ class SyntheticSpec:
     max_followups: int = 3
     prevalence: tuple = tuple(sorted(PREVALENCE.items()))
 
-    def key(self) -> str: return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+    def key(self) -> str:
+        "A short hash of the specification: data made from equal specifications are the same."
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 def _render_one(args):
     "Render image `i` of a data set (in a worker): its own seed, so results do not depend on scheduling."

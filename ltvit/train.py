@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,11 +32,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
-from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, autocast, code_version, get_data_dir, get_device,
-                        get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
+from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, autocast, code_version, display_path, get_data_dir,
+                        get_device, get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
 from .metrics import auc_report, calibration_report, operating_points
-from .model import check_pretrained, checkpoint_metadata, load_pretrained, save_model
+from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
@@ -600,10 +599,10 @@ def format_report(metrics: dict, out: str | Path) -> str:
         lines.append(f'{l:22s} {a:6.3f}  {c_[0]:6.3f}-{c_[1]:5.3f}  {metrics["positives"][l]:9d}')
     out = Path(out)
     lines += [
-        f'\nRun folder {out.resolve()}:',
+        f'\nRun folder {display_path(out)}:',
         '  metrics.json, per_class_auc.csv, predictions.csv, history.csv, config.json',
         '  curves.png (training curves), roc.png (test ROC per label)',
-        f'  best.safetensors (best model by validation AUC; ltvit.load_model("{out / "best.safetensors"}"))',
+        f'  best.safetensors (best model by validation AUC; ltvit.load_model("{display_path(out / "best.safetensors")}"))',
         f'  checkpoints/ (resume with resume=True); trained in {metrics["train_seconds"]:.0f} s',
     ]
     return '\n'.join(lines)

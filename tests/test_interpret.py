@@ -7,7 +7,7 @@ import torch
 
 from ltvit.data import NIHChestXray14, make_transform
 from ltvit.interpret import compare_localisation, plot_maps, attention_maps, gradcam_maps
-from ltvit.model import load_model
+from ltvit.checkpoint import load_model
 from ltvit.train import TrainConfig, build_datasets, train
 
 

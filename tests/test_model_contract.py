@@ -11,7 +11,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import ltvit
-from ltvit.model import LTViT, load_pretrained
+from ltvit.checkpoint import load_pretrained
+from ltvit.model import LTViT
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2, n2=2)
 ENTRYPOINTS = timm.list_models('ltvit_*')
@@ -280,7 +281,7 @@ def test_real_dino_and_mae_checkpoints_load_and_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize('how', ['entrypoint', 'from_vit', 'fresh', 'one_channel', 'chexpert_labels', 'split'])
 def test_every_saved_model_reloads(how, tmp_path):
-    from ltvit.model import save_model, load_model
+    from ltvit.checkpoint import save_model, load_model
     from ltvit.core import CHEXPERT_5
     vit1 = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2,
                              in_chans=1, num_classes=0)
@@ -295,3 +296,22 @@ def test_every_saved_model_reloads(how, tmp_path):
     x = torch.randn(2, model.patch_embed.proj.in_channels, 32, 32)
     with torch.no_grad(): assert torch.equal(back(x), model(x))
     assert back.label_names == model.label_names and back.lt_config() == model.lt_config()
+
+
+@pytest.mark.parametrize('name', ['ltvit_tiny_patch16_224', 'vit_tiny_patch16_224'])
+def test_fx_graph_scripts_as_in_timms_own_test(name):
+    "timm's test_model_forward_fx_torchscript: trace with timm's no-trace lists, script the graph, run it (ViT as control)."
+    from timm import set_scriptable
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import get_graph_node_names
+    with set_scriptable(True):
+        model = timm.create_model(name, img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2,
+                                  **({'n2': 1} if name.startswith('ltvit') else {})).eval()
+    tk = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tk)
+    fx = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                  tracer_kwargs=tk)
+    scripted = torch.jit.script(fx)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(tuple(scripted(x).values())[0], model(x), atol=1e-6)

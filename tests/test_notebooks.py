@@ -2,6 +2,7 @@
 with settings.ini's `tst_flags`. Papermill experiment notebooks have their own tests."""
 import configparser
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,30 @@ def test_every_library_module_has_a_notebook():
             src = ''.join(cell['source'])
             if src.startswith('#| default_exp '): exported.add(src.split()[2])
     assert mods == exported, f'modules without a notebook: {mods - exported}; notebooks without a module: {exported - mods}'
+
+
+MACHINE = re.compile(r'(?<![\w.])(?:/tmp/|/var/folders/|/private/var/|/root/|/home/[^/\s]+/|/Users/[^/\s]+/|/work/|[A-Z]:\\\\Users\\\\)'
+                     r'|site-packages|\.venv/|\btmp[a-z0-9_]{8}\b')
+BAR = re.compile(r'\d+%\|[^|\n]*\|')  # tqdm: "40%|████      | 4/10"
+COMMITTED = sorted(p for p in (ROOT / 'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+
+
+def _outputs(nb: Path):
+    for k, cell in enumerate(json.loads(nb.read_text())['cells']):
+        for out in cell.get('outputs', []):
+            text = ''.join(out.get('text', '')) + ''.join(out.get('traceback', []))
+            for mime, v in out.get('data', {}).items():
+                if mime.startswith('text/') or mime.endswith(('json', 'javascript')):
+                    text += ''.join(v) if isinstance(v, list) else str(v)
+            yield k, text
+
+
+@pytest.mark.parametrize('nb', COMMITTED, ids=[str(p.relative_to(ROOT / 'nbs')) for p in COMMITTED])
+def test_committed_outputs_show_no_machine_paths_or_progress_bars(nb):
+    "What a reader sees was made on some machine; none of that machine (its folders, temporary files, bars) shows."
+    bad = []
+    for k, text in _outputs(nb):
+        for m in list(MACHINE.finditer(text)) + list(BAR.finditer(text)):
+            bad.append(f'cell {k}: ...{text[max(0, m.start() - 60):m.end() + 40]!r}...')
+        if '\r' in text: bad.append(f'cell {k}: a carriage return (a progress bar redrawn)')
+    assert not bad, f'{nb.relative_to(ROOT)}:\n' + '\n'.join(bad[:10]) + (f'\n(+{len(bad) - 10} more)' if len(bad) > 10 else '')

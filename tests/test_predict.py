@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ltvit.model import checkpoint_metadata, load_model
+from ltvit.checkpoint import checkpoint_metadata, load_model
 from ltvit.predict import ExportWrapper, ImageRejected, read_any, read_predictions, write_test_dicom
 from ltvit.synthetic import make_synthetic
 from ltvit.train import TrainConfig, train

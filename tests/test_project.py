@@ -110,3 +110,24 @@ def test_jupyter_kernel_imports_editable_ltvit():
     if argv[0] == 'python': py = sys.executable  # ipykernel's built-in spec: the interpreter running jupyter
     out = subprocess.run([py, '-c', 'import ltvit; print(ltvit.__file__)'], capture_output=True, text=True, check=True, cwd='/')
     assert Path(out.stdout.strip()).resolve().is_relative_to(ROOT / 'ltvit')
+
+
+def test_every_public_definition_carries_its_own_docstring():
+    "The API pages show each definition's own docstring, never one inherited from torch or timm (inspect.getdoc's fallback)."
+    import importlib
+    import inspect
+    missing = []
+    for mod_path in sorted((ROOT / 'ltvit').glob('[a-z]*.py')):
+        mod = importlib.import_module(f'ltvit.{mod_path.stem}')
+        for name in getattr(mod, '__all__', []):
+            obj = getattr(mod, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or not obj.__module__.startswith('ltvit'): continue
+            if not (obj.__doc__ or '').strip(): missing.append(f'{mod.__name__}.{name}')
+            if inspect.isclass(obj):
+                for attr, fn in vars(obj).items():
+                    fn = getattr(fn, '__func__', fn)
+                    if attr.startswith('_') or not inspect.isfunction(fn) or not fn.__module__.startswith('ltvit'): continue
+                    if (fn.__doc__ or '').strip(): continue
+                    base = next((b for b in obj.__mro__[1:] if attr in vars(b)), None)  # what getdoc falls back to
+                    if base is None or not base.__module__.startswith('ltvit'): missing.append(f'{mod.__name__}.{name}.{attr}')
+    assert not missing, f'definitions without their own docstring: {missing}'

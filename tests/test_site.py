@@ -184,3 +184,19 @@ def test_saving_a_notebook_in_jupyterlab_leaves_git_clean(tmp_path):
             if c['cell_type'] == 'code': c['execution_count'] = 3; c['metadata']['execution'] = {'iopub.status.idle': 'now'}
         cm.save({'type': 'notebook', 'format': 'json', 'content': content}, rel)
         assert nb.read_bytes() == before, f'saving {rel} in JupyterLab changes the committed file'
+
+
+def test_published_stand_ins_pre_trained():
+    "The quick grid's stand-ins, as published: DINO's teacher neither uniform nor on few prototypes, MAE below patch means."
+    import math
+    from ltvit.pretrain import DINOHead
+    quick, root = make_grid('quick'), PAPER / 'results' / 'quick'
+    k = DINOHead(8).last_layer.weight_v.shape[0]  # the prototypes of the stand-in's head
+    h = pd.read_csv(root / quick.id('pretrain-DINO') / 'history.csv').iloc[-1]
+    assert h['teacher_entropy'] < 0.9 * math.log(k), f'DINO collapsed to the uniform distribution: {h.to_dict()}'
+    assert h['batch_entropy'] > 0.1 * math.log(k), f'DINO collapsed onto few prototypes: {h.to_dict()}'
+    assert h['batch_entropy'] - h['teacher_entropy'] > 0.5  # the teacher's output depends on the image
+    mae = pd.read_csv(root / quick.id('pretrain-MAE') / 'history.csv').iloc[-1]
+    assert mae['val_loss'] < 0.5, mae.to_dict()  # normalised patches: predicting each patch's mean scores 1.0
+    for name in [n for n in quick.runs if n.startswith('pretrain-ImageNet')]:
+        assert pd.read_csv(root / quick.id(name) / 'history.csv')['val_r2'].iloc[-1] > 0.5, name

@@ -52,7 +52,7 @@ def test_wrong_dataset_fails_clearly(tmp_path):
 def test_card_command_trains_from_the_paper_weights_and_stops_at_once_offline(tmp_path, monkeypatch):
     "`papermill nbs/05_train.ipynb out.ipynb -p dataset nih` asks for the paper's ImageNet weights; offline it stops first."
     import torch
-    from ltvit.model import check_pretrained
+    from ltvit.checkpoint import check_pretrained
     from ltvit.train import PAPER_WEIGHTS, TrainConfig
     c = TrainConfig(dataset='nih').resolved()
     assert c.pretrained == PAPER_WEIGHTS == 'deit_small_patch16_224.fb_in1k' and c.layer_decay == 0.55
@@ -166,7 +166,7 @@ def test_chexpert_run_names_its_labels_everywhere(tmp_path):
     "`num_classes=5` without names in a CheXpert run: the data set's names reach every saved artefact, never `label_<i>`."
     from ltvit.core import CHEXPERT_5
     from ltvit.data import make_chexpert_like
-    from ltvit.model import checkpoint_metadata, load_model
+    from ltvit.checkpoint import checkpoint_metadata, load_model
     from ltvit.train import TrainConfig, train
     root = make_chexpert_like(tmp_path / 'chexpert', n_patients=24, size=48)
     out = tmp_path / 'run'
