@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ltvit.cache import ImageCache, _resize, build_cache
+from ltvit.cache import ImageCache, build_cache, resize_square
 from ltvit.data import load_image, make_transform
 from ltvit.synthetic import Anatomy, render, sample_findings
 
@@ -40,7 +40,7 @@ def main():
     print(f'{a.n} PNGs of 1024x1024 ({mb:.2f} MB each, from {"real NIH images" if src else "phantoms"}); '
           f'{os.cpu_count()} cores; training size {a.size}px')
     t = time.perf_counter()
-    for q in paths: _resize(load_image(q), a.size)
+    for q in paths: resize_square(load_image(q), a.size)
     dec = time.perf_counter() - t
     print(f'decode + resize original PNG (1 process)   {rate(a.n, dec)}')
     t = time.perf_counter()

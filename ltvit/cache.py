@@ -22,7 +22,8 @@ from .core import write_json
 from .data import DataError, find_nih_images, load_image, read_nih_table, resolve_chexpert_path
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'default_cache_dir', 'build_cache', 'ImageCache', 'dataset_images', 'cache_dataset', 'cache_cli']
+__all__ = ['CACHE_VERSION', 'default_cache_dir', 'resize_square', 'build_cache', 'ImageCache', 'dataset_images', 'cache_dataset',
+           'cache_cli']
 
 # %% ../nbs/01b_cache.ipynb #63295f87
 CACHE_VERSION = 1
@@ -31,7 +32,9 @@ def default_cache_dir(root: str | Path, size: int) -> Path:
     "Where a data set's cache at `size` px lives by default: `<root>/ltvit_cache/<size>px`."
     return Path(root) / 'ltvit_cache' / f'{size}px'
 
-def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+def resize_square(arr: np.ndarray,  # a uint8 image `(H, W)`
+                  size: int) -> np.ndarray:
+    "`arr` resized to `size` x `size` pixels (bicubic, as the cache and the pre-training phantoms store images)."
     im = Image.fromarray(arr)
     if im.size != (size, size): im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(im, dtype=np.uint8)
@@ -40,7 +43,7 @@ def _work(args):
     "Decode and resize one chunk of images into the memory map (runs in a worker process)."
     out, size, n, chunk = args
     mm = np.memmap(Path(out) / 'images.u8', dtype=np.uint8, mode='r+', shape=(n, size, size))
-    for i, path in chunk: mm[i] = _resize(load_image(path), size)
+    for i, path in chunk: mm[i] = resize_square(load_image(path), size)
     mm.flush()
     return [i for i, _ in chunk]
 
@@ -85,7 +88,7 @@ def build_cache(ids: Sequence[str],  # image ids (the data set's `id` column)
         raise DataError(f'{out}: {int((done == 0).sum())} image(s) were not cached; run build_cache again.')
     mm = np.memmap(out / 'images.u8', dtype=np.uint8, mode='r', shape=(n, size, size))
     for i in np.random.default_rng(0).choice(n, min(verify, n), replace=False):
-        if not np.array_equal(mm[i], _resize(load_image(paths[i]), size)):
+        if not np.array_equal(mm[i], resize_square(load_image(paths[i]), size)):
             raise DataError(f'{out}: cached image {ids[i]} differs from {paths[i]}; delete the cache and rebuild it.')
     meta['complete'] = True; write_json(meta_path, meta)
     return out

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from .cache import _resize
+from .cache import resize_square
 from .core import CXR_MEAN, CXR_STD, atomic_write, seed_everything, write_json
 from .checkpoint import load_pretrained
 from .synthetic import PREVALENCE, Anatomy, render, sample_findings
@@ -47,7 +47,7 @@ def _pretrain_image(args):
     anat, findings, info = Anatomy.sample(rng), sample_findings(rng, PREVALENCE), {}
     img, _ = render(findings, anat, rng, render_size, info=info)
     info.update(body=anat.body, lung_h=anat.lung_h)
-    return _resize(np.round(img * 255).astype(np.uint8), img_size), [info[a] for a in ATTRIBUTES], sorted(findings)
+    return resize_square(np.round(img * 255).astype(np.uint8), img_size), [info[a] for a in ATTRIBUTES], sorted(findings)
 
 def pretrain_images(n: int,  # images, one patient each
                     seed: int = 1,  # generator seed: a seed other than the fine-tuning data's gives other patients
