@@ -21,7 +21,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cache import cache_dataset
-from .core import atomic_write, autocast, get_data_dir, get_device, get_precision, repo_root, write_json
+from .core import (atomic_write, autocast, display_path, get_data_dir, get_device, get_precision, repo_root,
+                        write_json)
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
 from .interpret import (CEILING, attention_maps, choose_layer, compare_localisation, dataset_boxes, gradcam_maps,
                              label_maps, localisation_differences, prior_maps)
@@ -592,7 +593,7 @@ def load_grid(preset: str, runs: str | Path | None = None,
     root, dirs = runs_dir(preset, runs), {}
     if published and runs is None and not (root / 'grid.json').is_file() and (published_dir(preset) / 'grid.json').is_file():
         root = published_dir(preset)
-        log(f'No grid in {runs_dir(preset)}: reading the published results in '
+        log(f'No grid in {display_path(runs_dir(preset))}: reading the published results in '
             f'{root.relative_to(repo_root(root))} (what `ltvit_paper --preset {preset} --publish` committed).')
     if PRESETS.get(preset, {}).get('data') == 'real' and (root / 'grid.json').is_file():
         for r in json.loads((root / 'grid.json').read_text())['runs'].values():

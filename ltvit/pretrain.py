@@ -94,7 +94,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
 # %% ../nbs/03a_pretrain.ipynb #c0ffee02
 class PretrainMethod:
     "One pre-training method for `run_pretraining`: its parameters, its optimiser settings and its training step."
-    holdout: float = 0.0  # the first fraction of the images, held out for `evaluate`
+    holdout: float = 0.0  # the first fraction of the images, held out and given to `end_epoch`
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
     clip: float | None = None  # gradient-norm clipping
     def parameters(self) -> list[nn.Parameter]:
@@ -115,8 +115,9 @@ class PretrainMethod:
     def after_step(self, step: int, steps: int):
         "Called after optimizer step `step` of `steps`."
     def end_epoch(self, epoch: int, epochs: int, losses: list[float], held_out: tuple) -> dict:
-        "The epoch's history row (also logged by the loop); `held_out` is `(images, indices)`."
-        return {}
+        "The epoch's `history` row and `log` line; `held_out` is `(images, indices)`."
+        h = {'epoch': epoch + 1, 'loss': float(np.mean(losses))}
+        return {'history': h, 'log': f'epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}'}
 
 def run_pretraining(method: PretrainMethod, images: np.ndarray,  # uint8 `(N, H, W)`
                     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int = 0,
@@ -241,17 +242,15 @@ class DINO(PretrainMethod):
                  augment_strength: float = 0.4):  # `augment_views`' `strength`
         store_attr()
         self.center = torch.zeros(1, student.head.last_layer.weight_v.shape[0])
-    def parameters(self):
-        self.teacher.load_state_dict(self.student.state_dict())
-        for p in self.teacher.parameters(): p.requires_grad_(False)
-        return [p for p in self.student.parameters() if p.requires_grad]
+    def parameters(self): return [p for p in self.student.parameters() if p.requires_grad]
     def warmup(self, per_epoch, steps): return max(per_epoch, steps // 10)  # DINO: 10 of 100 epochs
     def start(self, epochs, steps):
+        self.teacher.load_state_dict(self.student.state_dict())  # the teacher starts as the student, then follows it
+        for p in self.teacher.parameters(): p.requires_grad_(False)
         self.base_momentum = dino_momentum(steps) if self.momentum is None else self.momentum
         warm = max(1, round(self.warmup_teacher_epochs * epochs))
         self.temps = np.concatenate([np.linspace(self.warmup_teacher_temp, self.teacher_temp, warm),
                                      np.full(epochs, self.teacher_temp)])
-        self.ents, self.used = [], []
     def train_mode(self, epoch): self.student.train(); self.teacher.train(); self.ents, self.used = [], []
     def loss(self, x, idx, gen, epoch):
         v1, v2 = (_to_input(augment_views(x, gen, self.crop_scale, self.augment_strength)) for _ in range(2))
