@@ -23,7 +23,7 @@ from ltvit.pretrain import pretrain_images_task, pretrain_task
 TRAIN = """
 import json, sys
 from ltvit.train import TrainConfig, train
-m = train(TrainConfig(**json.loads(sys.argv[1])), verbose=False)
+m = train(TrainConfig.for_dataset(**json.loads(sys.argv[1])), verbose=False)
 print(json.dumps({'val': m['best_val_mean_auc'], 'test': m['mean_auc']}))
 """
 

@@ -28,10 +28,12 @@ __all__ = ['CACHE_VERSION', 'default_cache_dir', 'resize_square', 'build_cache',
 # %% ../nbs/01b_cache.ipynb #63295f87
 CACHE_VERSION = 1
 
+# %% ../nbs/01b_cache.ipynb #b9dfd4ce
 def default_cache_dir(root: str | Path, size: int) -> Path:
     "Where a data set's cache at `size` px lives by default: `<root>/ltvit_cache/<size>px`."
     return Path(root) / 'ltvit_cache' / f'{size}px'
 
+# %% ../nbs/01b_cache.ipynb #9fd5cec2
 def resize_square(arr: np.ndarray,  # a uint8 image `(H, W)`
                   size: int) -> np.ndarray:
     "`arr` resized to `size` x `size` pixels (bicubic, as the cache and the pre-training phantoms store images)."
@@ -39,6 +41,7 @@ def resize_square(arr: np.ndarray,  # a uint8 image `(H, W)`
     if im.size != (size, size): im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(im, dtype=np.uint8)
 
+# %% ../nbs/01b_cache.ipynb #6c581fdd
 def _work(args):
     "Decode and resize one chunk of images into the memory map (runs in a worker process)."
     out, size, n, chunk = args
@@ -158,12 +161,14 @@ def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tupl
         return ids, [resolve_chexpert_path(root, i) for i in ids]
     raise ValueError(f"Unknown dataset {dataset!r}; expected 'nih', 'synthetic' or 'chexpert'.")
 
+# %% ../nbs/01b_cache.ipynb #78735e74
 def cache_dataset(dataset: str, root: str | Path, size: int, out: str | Path | None = None, workers: int | None = None,
                   subset: bool = False, progress: bool = True) -> Path:
     "Build (or finish) the preprocessing cache of a data set folder at `size` px."
     ids, paths = dataset_images(dataset, root, subset)
     return build_cache(ids, paths, out or default_cache_dir(root, size), size, workers=workers, progress=progress)
 
+# %% ../nbs/01b_cache.ipynb #175216ca
 def cache_cli(argv: Sequence[str] | None = None):
     "Command line: build the preprocessing cache of a data set."
     p = argparse.ArgumentParser(prog='ltvit_cache', description='Decode and resize a chest X-ray data set once, '

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,20 +16,16 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from .core import atomic_write
-from .model import _NEW_PARAMS, LTViT, vit_config
+from .model import _NEW_PARAMS, _NOT_BACKBONE, LTViT, checkpoint_filter_fn, vit_config
 
 # %% auto #0
 __all__ = ['SAFE_CHECKPOINT_GLOBALS', 'LoadReport', 'read_checkpoint', 'vit_state_dict', 'check_pretrained', 'load_pretrained',
            'model_config', 'save_model', 'checkpoint_metadata', 'load_model']
 
 # %% ../nbs/02a_checkpoint.ipynb #524a1039
-_CKPT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar', '.safetensors')
-_IGNORABLE = re.compile(r'^(head\.|head_dist\.|dist_token$|decoder_|mask_token$|fc_norm\.|pre_logits\.)')
-
 @dataclass
 class LoadReport:
     "What `load_pretrained` did: the source, its layout, and which parameters were loaded, new or ignored."
@@ -42,9 +37,7 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
 
     def __str__(self):
-        def short(keys):
-            heads = sorted({k.split('.')[0] for k in keys})
-            return ', '.join(heads) if heads else '-'
+        def short(keys): return ', '.join(sorted({k.split('.')[0] for k in keys})) or '-'
         lines = [f'Loaded {self.source} ({self.layout} layout): {len(self.loaded)} tensors into the backbone.',
                  f'  new (randomly initialised): {len(self.new)} tensors [{short(self.new)}]',
                  f'  ignored from the checkpoint: {len(self.ignored)} tensors [{short(self.ignored)}]']
@@ -53,6 +46,7 @@ class LoadReport:
 # %% ../nbs/02a_checkpoint.ipynb #ef09b815
 SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]  # DINO's and MAE's `args`; nothing else that runs code
 
+# %% ../nbs/02a_checkpoint.ipynb #4676ca05
 def read_checkpoint(path: str | Path) -> dict:
     "Read a `.safetensors` or PyTorch checkpoint file without unpickling code (`argparse.Namespace` allowed)."
     path = Path(path).expanduser()
@@ -66,6 +60,7 @@ def read_checkpoint(path: str | Path) -> dict:
                          f'{str(e).splitlines()[0][:200]}). Files that need arbitrary code to unpickle are refused; '
                          'convert them to a plain state dict or .safetensors.') from e
 
+# %% ../nbs/02a_checkpoint.ipynb #faf1d282
 def _strip(sd: dict, prefixes=('module.', 'backbone.', 'encoder.', 'model.')) -> dict:
     out = {}
     for k, v in sd.items():
@@ -77,6 +72,7 @@ def _strip(sd: dict, prefixes=('module.', 'backbone.', 'encoder.', 'model.')) ->
         out[k] = v
     return out
 
+# %% ../nbs/02a_checkpoint.ipynb #1b2c4c92
 def vit_state_dict(ckpt: dict,  # what `read_checkpoint` returned
                    dino_key: str = 'teacher',  # for DINO checkpoints: 'teacher' or 'student'
                   ) -> tuple[dict, str]:
@@ -96,26 +92,9 @@ def vit_state_dict(ckpt: dict,  # what `read_checkpoint` returned
     return sd, layout
 
 # %% ../nbs/02a_checkpoint.ipynb #faa20fd9
-def _check_vit_shapes(model: VisionTransformer, sd: dict, source: str):
-    "Raise a clear error when `sd` is not a ViT matching `model` in width, depth and patch size."
-    w = sd.get('patch_embed.proj.weight')
-    if w is None or 'pos_embed' not in sd:
-        raise ValueError(f'{source} is not a ViT checkpoint: it has no patch_embed.proj.weight/pos_embed '
-                         f'(first keys: {list(sd)[:6]}).')
-    if w.shape[0] != model.embed_dim:
-        raise ValueError(f'{source} has width (embed_dim) {w.shape[0]}, the model {model.embed_dim}.')
-    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r'blocks\.(\d+)\.', k))), default=-1)
-    if depth != len(model.blocks):
-        raise ValueError(f'{source} has depth {depth}, the model {len(model.blocks)}.')
-    if tuple(w.shape[-2:]) != tuple(model.patch_embed.patch_size):
-        raise ValueError(f'{source} has patch size {tuple(w.shape[-2:])}, '
-                         f'the model {tuple(model.patch_embed.patch_size)}.')
-    if w.shape[1] != model.patch_embed.proj.weight.shape[1]:
-        if w.shape[1] == 3 and model.patch_embed.proj.weight.shape[1] == 1:
-            sd['patch_embed.proj.weight'] = w.sum(1, keepdim=True)
-        else: raise ValueError(f'{source} has {w.shape[1]} input channels, '
-                               f'the model {model.patch_embed.proj.weight.shape[1]}.')
+_CKPT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar', '.safetensors')
 
+# %% ../nbs/02a_checkpoint.ipynb #c657ca1c
 def _hub_state_dict(name: str) -> dict:
     "The state dict of timm's pre-trained model `name` (needs the Hugging Face hub or timm's cache)."
     try: return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
@@ -125,6 +104,7 @@ def _hub_state_dict(name: str) -> dict:
                            '(-p pretrained <local file>: a timm, DINO or MAE checkpoint, .pth or .safetensors), or '
                            'train from random initialisation (-p pretrained none).') from e
 
+# %% ../nbs/02a_checkpoint.ipynb #265d1fc8
 def check_pretrained(source: str | Path | None  # what `load_pretrained` will be given: 'none', a file or a hub name
                     ) -> None:
     "Fail at once, saying what to pass instead, where `source` cannot give weights: a missing file, a hub name offline."
@@ -149,39 +129,16 @@ def load_pretrained(model: VisionTransformer,  # an LT-ViT or a plain timm ViT (
         ckpt, name = read_checkpoint(source), str(source)
     else: ckpt, name = _hub_state_dict(str(source)), str(source)
     sd, layout = vit_state_dict(ckpt, dino_key)
-    _check_vit_shapes(model, sd, name)
-    report = LoadReport(source=name, layout=layout)
+    try: full = checkpoint_filter_fn(sd, model)
+    except ValueError as e: raise ValueError(f'{name}: {e}') from None
     own = model.state_dict()
-    pe = sd['pos_embed']
-    if pe.shape != own['pos_embed'].shape:
-        n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        old = pe.shape[1] - n_prefix
-        if math.isqrt(old) ** 2 != old:
-            raise ValueError(f'{name}: pos_embed has {pe.shape[1]} positions, '
-                             f'not {n_prefix} prefix tokens + a square grid.')
-        sd['pos_embed'] = resample_abs_pos_embed(pe, new_size=list(model.patch_embed.grid_size),
-                                                 num_prefix_tokens=n_prefix)
-        report.notes.append(f'pos_embed resampled from a {math.isqrt(old)}x{math.isqrt(old)} grid to '
+    loaded = sorted(k for k in own if k in sd and not (_NEW_PARAMS.match(k) or _NOT_BACKBONE.match(k)))
+    report = LoadReport(name, layout, loaded, new=sorted(set(own) - set(loaded)), ignored=sorted(set(sd) - set(loaded)))
+    if sd['pos_embed'].shape != own['pos_embed'].shape:
+        old = math.isqrt(sd['pos_embed'].shape[1] - (0 if model.no_embed_class else model.num_prefix_tokens))
+        report.notes.append(f'pos_embed resampled from a {old}x{old} grid to '
                             f'{model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]}')
-    to_load = {}
-    for k, v in sd.items():
-        if k in own and not _IGNORABLE.match(k):
-            if v.shape != own[k].shape:
-                raise ValueError(f'{name}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}.')
-            to_load[k] = v
-        elif _IGNORABLE.match(k) or k.startswith('decoder'): report.ignored.append(k)
-        elif k.startswith('norm.') and 'fc_norm.weight' in own and 'norm.weight' not in own:
-            report.ignored.append(k)  # an average-pooling model: its fc_norm starts new, as MAE fine-tuning does
-        else: raise ValueError(f'{name}: unexpected tensor {k!r}; not a checkpoint of the same ViT architecture.')
-    missing = [k for k in own if k not in to_load]
-    bad = [k for k in missing if not (_NEW_PARAMS.match(k) or k.startswith(('head.', 'fc_norm.')))]
-    if bad:
-        raise ValueError(f'{name} lacks backbone weights the model needs: {bad[:8]}{" ..." if len(bad) > 8 else ""}')
-    model.load_state_dict(to_load, strict=False)
-    if isinstance(model, LTViT):
-        model.init_label_norms()  # label norms start as copies of the pre-trained norm1
-        if model.label_init == 'cls': model.init_label_tokens()  # label tokens from the pre-trained CLS token
-    report.loaded, report.new = sorted(to_load), sorted(missing)
+    model.load_state_dict(full)
     if verbose: print(report)
     return report
 
@@ -194,6 +151,7 @@ def model_config(model: nn.Module) -> dict:
     if type(model) is VisionTransformer: return dict(cls='VisionTransformer', args=vit_config(model))
     raise TypeError(f'save_model saves LT-ViT and timm VisionTransformer models, not {type(model).__name__}.')
 
+# %% ../nbs/02a_checkpoint.ipynb #8734fb4d
 def save_model(model: nn.Module, path: str | Path, **meta) -> Path:
     "Save `model`'s weights, the arguments that rebuild it and its label names as `.safetensors` (atomically)."
     cfg = model_config(model)
@@ -205,6 +163,7 @@ def save_model(model: nn.Module, path: str | Path, **meta) -> Path:
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(Path(path), writer=lambda tmp: _save_safetensors(sd, str(tmp), metadata=metadata))
 
+# %% ../nbs/02a_checkpoint.ipynb #cbfc592f
 def checkpoint_metadata(path: str | Path) -> dict:
     "The metadata `save_model` stored in a `.safetensors` file."
     with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}

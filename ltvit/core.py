@@ -92,6 +92,7 @@ def get_device(device: str | torch.device = 'auto'  # 'auto', 'cpu', 'cuda', 'cu
 # %% ../nbs/00_core.ipynb #d4000059
 PRECISIONS = ('auto', 'fp32', 'bf16')
 
+# %% ../nbs/00_core.ipynb #99cc64e1
 def get_precision(precision: str = 'auto',  # 'auto', 'fp32' or 'bf16'
                   device: str | torch.device = 'cpu',  # the device the model runs on
                  ) -> str:
@@ -106,6 +107,7 @@ def get_precision(precision: str = 'auto',  # 'auto', 'fp32' or 'bf16'
         return 'fp32'
     return precision
 
+# %% ../nbs/00_core.ipynb #21d5feab
 def autocast(device: str | torch.device,  # the device the model runs on
              precision: str,  # a resolved precision: 'fp32' or 'bf16'
             ):
@@ -116,6 +118,7 @@ def autocast(device: str | torch.device,  # the device the model runs on
 # %% ../nbs/00_core.ipynb #4aeaa264
 DATA_ENV = 'LTVIT_DATA'
 
+# %% ../nbs/00_core.ipynb #f2688a9e
 def get_data_dir(path: str | os.PathLike | None = None,  # an explicit folder; wins over everything
                  name: str | None = None,  # a data set's sub-folder under the data root (e.g. 'nih')
                 ) -> Path:
@@ -124,6 +127,7 @@ def get_data_dir(path: str | os.PathLike | None = None,  # an explicit folder; w
     root = Path(os.environ.get(DATA_ENV) or '~/.cache/ltvit/data').expanduser()
     return root / name if name else root
 
+# %% ../nbs/00_core.ipynb #4aab08de
 CXR_MEAN, CXR_STD = 0.5056, 0.252  # chest X-ray normalisation of the default recipe (the same for every channel)
 
 # %% ../nbs/00_core.ipynb #a7c0e002
@@ -148,6 +152,7 @@ def _plain(o):
     "JSON for what `json` does not know: NumPy/torch scalars as numbers, anything else as its text."
     return o.item() if hasattr(o, 'item') else str(o)
 
+# %% ../nbs/00_core.ipynb #e55a2773
 def write_json(path: str | os.PathLike,  # the file to (re)write, atomically
                obj,  # anything JSON can hold, plus NumPy/torch scalars
                sort_keys: bool = False,  # sort object keys (for files compared byte for byte)
@@ -163,6 +168,7 @@ def repo_root(start: str | os.PathLike = '.') -> Path:
         if (q / 'settings.ini').is_file(): return q
     return p
 
+# %% ../nbs/00_core.ipynb #6f9e7cb4
 def git_commit(where: str | os.PathLike | None = None  # a folder inside the checkout (default: this package's)
               ) -> str | None:
     "The checkout's commit, `-dirty` when tracked files changed; None outside a git checkout."
@@ -175,6 +181,7 @@ def git_commit(where: str | os.PathLike | None = None  # a folder inside the che
         return r.stdout.strip() + ('-dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/00_core.ipynb #1f8eb832
 def package_versions(names=('torch', 'timm', 'numpy', 'pandas', 'scikit-learn', 'pillow', 'ltvit')) -> dict:
     "Python's and each installed package's version (absent packages are left out)."
     out = {'python': platform.python_version()}
@@ -187,6 +194,7 @@ def package_versions(names=('torch', 'timm', 'numpy', 'pandas', 'scikit-learn', 
 MACHINE_KEYS = frozenset({'train_seconds', 'seconds', 'device', 'world_size', 'versions', 'git_commit', 'code_version',
                           'compile', 'workers', 'out_dir'})
 
+# %% ../nbs/00_core.ipynb #99adc8b1
 def code_version() -> str:
     "A short hash of the importable `ltvit` package's source files: what a run's numbers depend on in the code."
     h = hashlib.sha256()
@@ -194,12 +202,14 @@ def code_version() -> str:
         if f.name != '_modidx.py': h.update(f.name.encode()); h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
+# %% ../nbs/00_core.ipynb #ce8f001a
 def _science(o):
     if isinstance(o, dict): return {k: _science(v) for k, v in o.items() if k not in MACHINE_KEYS}
     if isinstance(o, list): return [_science(v) for v in o]
     if isinstance(o, str) and os.path.isabs(o): return Path(o).name  # a folder's name, not where it is
     return o
 
+# %% ../nbs/00_core.ipynb #d6b0bded
 def science_hash(obj) -> str:
     "SHA-256 of `obj` (a run's config or metrics) without what describes the machine: paths, timings, versions."
     return hashlib.sha256(json.dumps(_science(obj), sort_keys=True, default=_plain).encode()).hexdigest()

@@ -33,6 +33,7 @@ __all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPER
 class DataError(ValueError):
     "Bad or missing data: the message names the file, row or column and what was expected."
 
+# %% ../nbs/01_data.ipynb #15666b43
 def _require_columns(df: pd.DataFrame, required: Sequence[str], path: Path):
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -64,6 +65,7 @@ class _ToMode:
     def __call__(self, im): return im.convert(self.mode)
     def __repr__(self): return f'ToMode({self.mode!r})'
 
+# %% ../nbs/01_data.ipynb #0e0b55ef
 def make_transform(img_size: int = 224,  # output size (square)
                    train: bool = False,  # training-time augmentation?
                    channels: int = 3,  # the model's input channels: 3 (grey replicated) or 1
@@ -91,11 +93,13 @@ def make_transform(img_size: int = 224,  # output size (square)
 NIH_ENTRY_FILES = ('Data_Entry_2017_v2020.csv', 'Data_Entry_2017.csv')
 NIH_COLUMNS = ('Image Index', 'Finding Labels', 'Follow-up #', 'Patient ID', 'View Position')
 
+# %% ../nbs/01_data.ipynb #0fefccb4
 def _find_file(root: Path, names: Sequence[str], what: str) -> Path:
     for n in names:
         if (root / n).is_file(): return root / n
     raise DataError(f'{root}: no {what} file; expected one of {list(names)}.')
 
+# %% ../nbs/01_data.ipynb #d244ffcf
 def parse_findings(values: pd.Series,  # the `Finding Labels` column
                    labels: Sequence[str],  # the label columns to produce, in order
                    path: Path | str = '',  # the file, for error messages
@@ -115,6 +119,7 @@ def parse_findings(values: pd.Series,  # the `Finding Labels` column
             if name in col: Y[i, col[name]] = 1
     return Y
 
+# %% ../nbs/01_data.ipynb #d6283fac
 def read_nih_table(root: str | Path,  # folder with Data_Entry_2017.csv (or its 2020 revision)
                    labels: Sequence[str] = NIH_LABELS,  # label columns, in this order
                   ) -> pd.DataFrame:
@@ -150,6 +155,7 @@ def find_nih_images(root: str | Path) -> dict[str, Path]:
 # %% ../nbs/01_data.ipynb #4298447d
 SPLITS = ('train', 'val', 'test')
 
+# %% ../nbs/01_data.ipynb #af3ebd9b
 def read_split_list(path: Path) -> list[str]:
     "The image names of an official split list (`train_val_list.txt`, `test_list.txt`), one per line."
     if not path.is_file(): raise DataError(f'Split list not found: {path}')
@@ -158,6 +164,7 @@ def read_split_list(path: Path) -> list[str]:
     if bad: raise DataError(f'{path}: {len(bad)} line(s) are not PNG names, e.g. {bad[:3]}.')
     return names
 
+# %% ../nbs/01_data.ipynb #5fac4566
 def patient_split(table: pd.DataFrame, val_frac: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Boolean masks (train, val) over `table`'s rows: a patient-disjoint carve-out of `val_frac` of the patients."
     if not 0 < val_frac < 1: raise ValueError(f'val_frac must be in (0, 1), got {val_frac}.')
@@ -167,6 +174,7 @@ def patient_split(table: pd.DataFrame, val_frac: float = 0.1, seed: int = 0) -> 
     m_tr = np.zeros(len(table), bool); m_tr[tr] = True
     return m_tr, ~m_tr
 
+# %% ../nbs/01_data.ipynb #4dbc8c2c
 def nih_split_table(root: str | Path, split: str, labels: Sequence[str] = NIH_LABELS, val_frac: float = 0.1,
                     seed: int = 0, subset: bool = False, verbose: bool = True) -> pd.DataFrame:
     "The table of one split (`train`, `val` or `test`) of the NIH data set in `root`."
@@ -296,6 +304,7 @@ class NIHChestXray14(CXRDataset):
 NIH_BOX_FRAME = 1024
 _BOX_NAMES = {'Infiltrate': 'Infiltration'}
 
+# %% ../nbs/01_data.ipynb #c6ccf235
 def read_nih_boxes(root: str | Path,  # folder with BBox_List_2017.csv
                    table: pd.DataFrame | None = None,  # keep boxes of these images (needs `id`, and `path` to scale)
                    size: int | tuple[int, int] | None = None,  # scale to this (w, h) frame; None: each image's size
@@ -336,6 +345,7 @@ UNCERTAINTY_POLICIES = ('ones', 'zeros', 'ignore', 'mixed')
 
 MIXED_ONES = ('Atelectasis', 'Edema')
 
+# %% ../nbs/01_data.ipynb #25494112
 def chexpert_targets(df: pd.DataFrame, labels: Sequence[str], policy: str = 'mixed',
                      path: Path | str = '') -> tuple[np.ndarray, np.ndarray]:
     "Targets and loss mask `(N, C)` from CheXpert's 1/0/-1/blank values under an uncertainty `policy`."
@@ -358,6 +368,7 @@ def chexpert_targets(df: pd.DataFrame, labels: Sequence[str], policy: str = 'mix
             if l in MIXED_ONES: y[unc[:, j], j] = 1
     return y, mask
 
+# %% ../nbs/01_data.ipynb #061d94d4
 def resolve_chexpert_path(root: Path, p: str) -> Path:
     "The file of a CSV `Path` under `root`; a missing one is looked for without the leading `CheXpert-v1.0*/` folder."
     full = root / p
@@ -435,6 +446,7 @@ def make_chexpert_like(root: str | Path,  # where to write train.csv, valid.csv 
                     )
     return write_chexpert_csvs(root, rows)
 
+# %% ../nbs/01_data.ipynb #b5026328
 def chexpert_record(root: Path,  # the data set folder (the `Path` column's prefix is not a folder in it)
                     prefix: str, split: str, patient: int, study: int,
                     view: str,  # 'frontal' or 'lateral'
@@ -449,6 +461,7 @@ def chexpert_record(root: Path,  # the data set folder (the `Path` column's pref
     return {'Path': rel, 'Sex': sex, 'Age': age, 'Frontal/Lateral': view.capitalize(), 'AP/PA': ap_pa,
             **{k: values.get(k, np.nan) for k in CHEXPERT_14}}
 
+# %% ../nbs/01_data.ipynb #9681a26f
 def write_chexpert_csvs(root: Path, rows: dict[str, list[dict]]) -> Path:
     "Write `train.csv` and `valid.csv` from `chexpert_record` rows (each split needs one); returns `root`."
     for split, rs in rows.items():

@@ -29,14 +29,14 @@ from .interpret import (CEILING, attention_maps, choose_layer, compare_localisat
 from .checkpoint import load_model
 from .pretrain import standin_file
 from .synthetic import make_synthetic, synthetic_to_chexpert
-from .train import TRAIN_PRESETS, TrainConfig, build_datasets, parse_model_args, runs_root
+from .train import RECIPE, TrainConfig, build_datasets, parse_model_args, runs_root
 
 # %% auto #0
-__all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'RECIPE', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES',
-           'MODEL_NAMES', 'DATA_SIZES', 'PAPER_NOTEBOOKS', 'PUBLISHED_FILES', 'make_grid', 'synthetic_data_task',
-           'cache_task', 'localisation_task', 'time_models', 'speed_task', 'train_flops_per_image',
-           'estimate_gpu_hours', 'format_estimate', 'runs_dir', 'published_dir', 'load_grid', 'paper_dir',
-           'publish_results', 'run_paper_notebooks', 'main']
+__all__ = ['INITS', 'STANDINS', 'STANDIN_DESCRIPTIONS', 'VARIANTS', 'PRESETS', 'DATASET_NAMES', 'SYNTHETIC_NAMES', 'MODEL_NAMES',
+           'DATA_SIZES', 'PAPER_NOTEBOOKS', 'PUBLISHED_FILES', 'make_grid', 'synthetic_data_task', 'cache_task',
+           'localisation_task', 'time_models', 'speed_task', 'train_flops_per_image', 'estimate_gpu_hours',
+           'format_estimate', 'runs_dir', 'published_dir', 'load_grid', 'paper_dir', 'publish_results',
+           'run_paper_notebooks', 'main']
 
 # %% ../nbs/06a_experiments.ipynb #404ff111
 INITS = ('random', 'ImageNet', 'DINO', 'MAE')
@@ -54,8 +54,7 @@ VARIANTS = {  # ablations of LT-ViT's own choices: name -> model arguments, or t
     'label parameters at 0.1x lr': {'readout_lr_scale': 0.1},
 }
 
-RECIPE = TRAIN_PRESETS['recipe']
-
+# %% ../nbs/06a_experiments.ipynb #5bfba6a5
 PRESETS: dict[str, dict] = {
     'paper': dict(
         description='NIH ChestX-ray14 and CheXpert, ViT-S/16 at 224 px, the default recipe (75 epochs), hub weights; '
@@ -64,7 +63,7 @@ PRESETS: dict[str, dict] = {
         size='small',
         model_args='',
         **{k: RECIPE[k] for k in ('img_size', 'epochs', 'batch_size', 'lr', 'augment', 'drop_path', 'workers',
-                                  'preload')},  # the training recipe, written once (TRAIN_PRESETS['recipe'])
+                                  'preload')},  # the training recipe, written once (ltvit.train.RECIPE)
         layer_decay=0.55,  # Medical MAE's value for 12 blocks; the readouts of both arms at the head's rate
         n2=4,
         n2_grid=(1, 2, 4, 6, 8, 12),
@@ -120,6 +119,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+# %% ../nbs/06a_experiments.ipynb #a610a8df
 PRESETS['tiny'] = dict(  # the quick preset at toy sizes, for tests
     PRESETS['quick'],
     description='toy size for tests: synthetic phantoms at 32 px, a 2-block ViT (width 48), one epoch, 2 seeds; CPU',
@@ -198,6 +198,7 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
               'task', 'ltvit.pretrain:probe_task', tags=[{'table': 'probe'}]))
     return data, weights
 
+# %% ../nbs/06a_experiments.ipynb #29e60113
 def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
     "Paper preset: the real data sets (each cached once at the training size) and the hub weights."
     data = {
@@ -228,19 +229,9 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
     synthetic = P['data'] == 'synthetic'
     names = SYNTHETIC_NAMES if synthetic else DATASET_NAMES
     g = Grid(preset, meta={'description': P['description'], 'datasets': names})
-    base = dict(
-        img_size=P['img_size'],
-        epochs=P['epochs'],
-        batch_size=P['batch_size'],
-        lr=P['lr'],
-        layer_decay=P['layer_decay'],
-        augment=P['augment'],
-        drop_path=P['drop_path'],
-        workers=P['workers'],
-        preload=P['preload'],
-        n_boot=P['n_boot'],
-        seed=0,
-    )
+    base = dict(img_size=P['img_size'], epochs=P['epochs'], batch_size=P['batch_size'], lr=P['lr'],
+                layer_decay=P['layer_decay'], augment=P['augment'], drop_path=P['drop_path'], workers=P['workers'],
+                preload=P['preload'], n_boot=P['n_boot'], seed=0)
     data, weights = (_synthetic_inputs(g, P, base) if synthetic else _real_inputs(g, P, nih_dir, chexpert_dir))
     weights['random'] = [('none', P['size'], 'random initialisation')]
     recipe = f"layer decay {P['layer_decay']}"
@@ -298,40 +289,11 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
         train_run('nih', 'ltvit', main, n2=n2, tags=[{'table': 'ablation', 'variant': f'n2={n2}', 'n2': n2,
                                                       'default': n2 == P['n2']}])
     for v in VARIANTS:
-        train_run(
-            'nih', 'ltvit', main, variant=v, tags=[{'table': 'ablation', 'variant': v, 'n2': P['n2'], 'default': False}]
-        )
-    train_run(
-        'nih',
-        'vit',
-        main,
-        tags=[
-            {
-                'table': 'ablation',
-                'variant': 'ViT baseline (no label tokens)',
-                'n2': '-',
-                'default': False,
-                'baseline': True,
-            }
-        ],
-    )
-    g.add(
-        Run(
-            'speed',
-            dict(
-                size=P['size'],
-                model_args=P['model_args'],
-                img_size=P['img_size'],
-                num_labels=14,
-                n2=P['n2'],
-                **P['speed']
-            ),
-            'task',
-            'ltvit.experiments:speed_task',
-            tags=[{'table': 'speed'}],
-            exclusive=True,
-        )
-    )
+        train_run('nih', 'ltvit', main, variant=v, tags=[{'table': 'ablation', 'variant': v, 'n2': P['n2'], 'default': False}])
+    train_run('nih', 'vit', main, tags=[{'table': 'ablation', 'variant': 'ViT baseline (no label tokens)', 'n2': '-',
+                                         'default': False, 'baseline': True}])
+    g.add(Run('speed', dict(size=P['size'], model_args=P['model_args'], img_size=P['img_size'], num_labels=14, n2=P['n2'],
+                            **P['speed']), 'task', 'ltvit.experiments:speed_task', tags=[{'table': 'speed'}], exclusive=True))
     return g
 
 # %% ../nbs/06a_experiments.ipynb #4d6ac227
@@ -348,6 +310,7 @@ def synthetic_data_task(out: Path, n_patients: int, seed: int, img_size: int, sc
     cache_dataset('chexpert', out, img_size, progress=False)
     return {'images': sum(len(pd.read_csv(out / f)) for f in ('train.csv', 'valid.csv')), 'schema': schema}
 
+# %% ../nbs/06a_experiments.ipynb #b6b0321f
 def cache_task(out: Path, dataset: str, data_dir: str | None, img_size: int) -> dict:
     "Fill the preprocessing cache of a real data set folder (`<data_dir>/ltvit_cache/<size>px`)."
     root = get_data_dir(data_dir, dataset)
@@ -361,6 +324,7 @@ def _trained(run: str | Path):
     cfg = json.loads((run / 'config.json').read_text())['config']
     return load_model(run / 'best.safetensors').eval(), TrainConfig(**cfg)
 
+# %% ../nbs/06a_experiments.ipynb #5d0752f6
 class _Rows:
     "Some rows of a data set, with what `dataset_boxes` and `compare_localisation` read (root, table, labels)."
     def __init__(self, ds, rows):
@@ -370,6 +334,7 @@ class _Rows:
     def __len__(self): return len(self.rows)
     def __getitem__(self, i): return self.ds[self.rows[i]]
 
+# %% ../nbs/06a_experiments.ipynb #9a4dbe53
 def _layer_split(val, test, seed: int = 0) -> tuple[object, object, str]:
     "Where the Grad-CAM layer is chosen and where methods are scored: validation boxes, else disjoint test halves."
     if dataset_boxes(val, val[0]['image'].shape[-1]): return val, test, 'validation boxes'
@@ -379,6 +344,7 @@ def _layer_split(val, test, seed: int = 0) -> tuple[object, object, str]:
     part = lambda want: _Rows(test, [i for i in range(len(test)) if (i in pick) == want])
     return part(True), part(False), 'half of the boxed test images (no validation boxes); scored on the other half'
 
+# %% ../nbs/06a_experiments.ipynb #6d399265
 def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 200, n_examples: int = 6,
                       val_images: int = 100, n_boot: int = 1000) -> dict:
     "Localisation of LT-ViT attention and Grad-CAM on both models (sources chosen on validation), floors and ceiling."
@@ -447,6 +413,7 @@ def _median_time(fn, reps: int, sync) -> float:
         t = time.perf_counter(); fn(); sync(); ts.append(time.perf_counter() - t)
     return float(np.median(ts))
 
+# %% ../nbs/06a_experiments.ipynb #9620b0c5
 def time_models(models: dict,  # name -> model, on `x`'s device
                 x: torch.Tensor, y: torch.Tensor,  # one batch of images and 0/1 targets
                 reps: int = 20,  # timed repetitions (after two warm-up calls), interleaved across models
@@ -513,6 +480,7 @@ DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
     'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal
 }
 
+# %% ../nbs/06a_experiments.ipynb #2239ab2d
 def train_flops_per_image(model: str, img_size: int, model_args: str = '', n2: int | None = None,
                           num_labels: int = 14) -> float:
     "FLOPs of one training step (forward + backward) per image, counted on the meta device."
@@ -524,6 +492,7 @@ def train_flops_per_image(model: str, img_size: int, model_args: str = '', n2: i
     with fc: m(x).sum().backward()
     return fc.get_total_flops() / 2
 
+# %% ../nbs/06a_experiments.ipynb #e178774f
 def estimate_gpu_hours(grid: Grid,
                        gpu_tflops: float = 300.0,  # sustained training FLOP/s per GPU, in TFLOP/s
                        loader_images_per_s: float = 2900.0,  # data loader throughput per GPU
@@ -576,14 +545,17 @@ PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
     'attention_maps': ('maps',), 'localisation': ('localisation', 'localisation_models'), 'speed': ('speed',),
 }
 
+# %% ../nbs/06a_experiments.ipynb #8c7130b4
 def runs_dir(preset: str, runs: str | Path | None = None) -> Path:
     "A grid's folder: `runs`, else `runs_root()/<preset>` (`$LTVIT_RUNS` or `<repository>/runs`)."
     return Path(runs) if runs else runs_root() / preset
 
+# %% ../nbs/06a_experiments.ipynb #41db48a8
 def published_dir(preset: str) -> Path:
     "Where `--publish` commits the compact results of `preset` that the paper pages read: `nbs/paper/results/<preset>`."
     return paper_dir() / 'results' / preset
 
+# %% ../nbs/06a_experiments.ipynb #bc01e4b5
 def load_grid(preset: str, runs: str | Path | None = None,
               nih_dir: str | None = None,  # paper: given folders win over recorded ones
               chexpert_dir: str | None = None,
@@ -601,15 +573,18 @@ def load_grid(preset: str, runs: str | Path | None = None,
     dirs.update({k: v for k, v in (('nih_dir', nih_dir), ('chexpert_dir', chexpert_dir)) if v is not None})
     return make_grid(preset, **dirs), root
 
+# %% ../nbs/06a_experiments.ipynb #83b0f781
 def paper_dir() -> Path:
     "`nbs/paper` of the repository checkout."
     return checkout_path('nbs', 'paper')
 
+# %% ../nbs/06a_experiments.ipynb #bffdbae1
 PUBLISHED_FILES = (  # what the paper pages read from a run's folder: results, never weights, images or logs
     'grid.json', 'config.json', 'metrics.json', 'params.json', 'predictions.csv', 'per_class_auc.csv', 'history.csv',
     'pretrain.json', 'probe.csv', 'localisation.csv', 'intervals.csv', 'differences.csv', 'layer_search.csv',
     'scores.csv', 'examples.npz', 'example_boxes.json')
 
+# %% ../nbs/06a_experiments.ipynb #ff02cf51
 def publish_results(grid: Grid, root: str | Path, dest: str | Path) -> dict:
     "Copy the `PUBLISHED_FILES` of every run of `grid` in `root` (and its `grid.json`) into `dest`, replacing it."
     root, dest = Path(root), Path(dest)
@@ -627,6 +602,7 @@ def publish_results(grid: Grid, root: str | Path, dest: str | Path) -> dict:
     shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)  # the old copy goes only once the new one is whole
     return {'files': n, 'bytes': size}
 
+# %% ../nbs/06a_experiments.ipynb #0f8eb29f
 def _clean_notebook(path: Path):
     "Strip execution metadata with nbdev_clean (as `./dev check` does): published notebooks diff where results do."
     cleaner = Path(sys.executable).parent / 'nbdev_clean'

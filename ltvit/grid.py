@@ -29,9 +29,13 @@ __all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_code', 'run_status', 'checkou
 # %% ../nbs/06_grid.ipynb #915d108d
 REF = re.compile(r'\{run:([\w.\-]+)\}')
 
+# %% ../nbs/06_grid.ipynb #0970186d
 def _canon(obj) -> str: return json.dumps(obj, sort_keys=True, separators=(',', ':'), default=str)
+
+# %% ../nbs/06_grid.ipynb #72fca9de
 def _definition(kind, fn, params) -> str: return _canon([kind, fn, params])
 
+# %% ../nbs/06_grid.ipynb #4e050840
 @dataclass
 class Run:
     "One job of a grid: a training run of the training notebook, or a library task."
@@ -116,6 +120,7 @@ def run_state(grid: Grid, name: str, root: str | Path) -> str:
             return 'stale'
     return 'finished' if (d / 'metrics.json').is_file() else 'broken'
 
+# %% ../nbs/06_grid.ipynb #62d680aa
 def run_code(folder: Path, current: str | None = None  # this checkout's `code_version()` (computed if not given)
             ) -> tuple[str | None, str]:
     "The commit a finished run recorded, and whether its library code is this checkout's: 'current', 'other' or '?'."
@@ -125,6 +130,7 @@ def run_code(folder: Path, current: str | None = None  # this checkout's `code_v
     if code is None: return rec.get('git_commit'), '?'
     return rec.get('git_commit'), 'current' if code == (current or code_version()) else 'other'
 
+# %% ../nbs/06_grid.ipynb #17899666
 def run_status(grid: Grid, root: str | Path) -> pd.DataFrame:
     "One row per run: name, id, kind, status (`run_state`), the commit and code version it was made with, folder, tags."
     rows, current = [], code_version()  # hashed once, not once per run
@@ -146,10 +152,12 @@ def checkout_path(*parts: str) -> Path:
         f'{"/".join(parts)} is not in the repository checkout ({repo_root()}): run this from a checkout.'
     )
 
+# %% ../nbs/06_grid.ipynb #af2b3e7c
 def training_notebook() -> Path:
     "`nbs/05_train.ipynb` of the repository checkout (the grid runs it with papermill)."
     return checkout_path('nbs', '05_train.ipynb')
 
+# %% ../nbs/06_grid.ipynb #a61af247
 def check_folder(grid: Grid, name: str, root: str | Path):
     "Raise if the run's folder holds the `grid.json` of another definition."
     if run_state(grid, name, root) == 'stale':
@@ -158,6 +166,7 @@ def check_folder(grid: Grid, name: str, root: str | Path):
             'the grid.'
         )
 
+# %% ../nbs/06_grid.ipynb #f00355cb
 def _write_spec(grid: Grid, name: str, root: Path) -> tuple[Path, dict]:
     r, out = grid.runs[name], grid.folder(name, root)
     spec = {'id': grid.id(name), 'name': name, 'preset': grid.preset, 'kind': r.kind, 'fn': r.fn,
@@ -168,6 +177,7 @@ def _write_spec(grid: Grid, name: str, root: Path) -> tuple[Path, dict]:
     write_json(old, spec, sort_keys=True)
     return out, spec
 
+# %% ../nbs/06_grid.ipynb #6929170a
 def run_command(grid: Grid, name: str, root: str | Path, notebook: str | Path | None = None) -> tuple[list[str], Path]:
     "The command that executes run `name` (after writing its `grid.json`), and its folder."
     out, spec = _write_spec(grid, name, Path(root))
@@ -200,6 +210,7 @@ def example_task(out: Path, n_patients: int = 40) -> dict:
 class GridFailed(RuntimeError):
     "Some runs of a grid failed (their folders and logs are kept for inspection and resumption)."
 
+# %% ../nbs/06_grid.ipynb #8b6103f9
 def _device_env(slot, jobs: int) -> dict:
     env = dict(os.environ)
     if slot is not None: env['CUDA_VISIBLE_DEVICES'] = str(slot)
@@ -229,6 +240,7 @@ def _record(grid: Grid, root: Path):
         sort_keys=True,
     )
 
+# %% ../nbs/06_grid.ipynb #e420e86b
 def _launch(grid: Grid, n: str, root: Path, notebook, slot, n_slots: int) -> tuple[int, float]:
     "Run one run's command on `slot` (a GPU index or None), its output appended to its log; exit status and seconds."
     cmd, out = run_command(grid, n, root, notebook)

@@ -33,11 +33,13 @@ def _upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     "`(B, C, h, w)` patch-grid maps to `(B, C, H, W)`, bilinear."
     return F.interpolate(grid_maps, size=size, mode='bilinear', align_corners=False)
 
+# %% ../nbs/04_interpret.ipynb #6152e72f
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     "Non-negative maps that sum to one over each image."
     maps = maps.clamp_min(0)
     return maps / maps.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
 
+# %% ../nbs/04_interpret.ipynb #877bd38f
 @torch.no_grad()
 def attention_maps(model: LTViT,  # a trained LT-ViT
                    x: torch.Tensor,  # images `(B, 3, H, W)`
@@ -67,6 +69,7 @@ def attention_maps(model: LTViT,  # a trained LT-ViT
 # %% ../nbs/04_interpret.ipynb #e2fc5743
 CAM_METHODS = {'gradcam': GradCAM, 'gradcam++': GradCAMPlusPlus}
 
+# %% ../nbs/04_interpret.ipynb #24675c07
 def _vit_reshape(model):
     n_pre, (gh, gw) = model.num_prefix_tokens, model.patch_embed.grid_size
     def reshape(t):  # (B, N, D) tokens of the target layer -> (B, D, gh, gw)
@@ -74,6 +77,7 @@ def _vit_reshape(model):
         return t.reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
     return reshape
 
+# %% ../nbs/04_interpret.ipynb #081c6063
 def gradcam_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     "Grad-CAM target layers of a ViT or LT-ViT by name: every block's `norm1`, in depth order (last: the default)."
     out = {f'blocks.{i}.norm1': b.norm1 for i, b in enumerate(model.blocks)}
@@ -81,6 +85,7 @@ def gradcam_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     if lt is not None: out.update({f'lt_blocks.{i}.norm1': b.norm1 for i, b in enumerate(lt) if hasattr(b, 'norm1')})
     return out
 
+# %% ../nbs/04_interpret.ipynb #f1f2aa55
 def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
                  x: torch.Tensor,  # images `(B, 3, H, W)`
                  method: str = 'gradcam',  # 'gradcam' or 'gradcam++'
@@ -105,6 +110,7 @@ def gradcam_maps(model: torch.nn.Module,  # an LT-ViT or a plain timm ViT
     maps = torch.stack(out, 1).float()  # (B, C, H, W), each in [0, 1]
     return (_normalise(maps + 1e-12) if normalise else maps), probs
 
+# %% ../nbs/04_interpret.ipynb #92f5b950
 def label_maps(model, x,
                method: str = 'attention',  # 'attention', 'attention_mean' (LT-ViT only), 'gradcam' or 'gradcam++'
                layer: str | None = None,  # Grad-CAM: a `gradcam_layers` name; attention: 'last', 'mean' or a block
@@ -181,6 +187,7 @@ def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the 
 # %% ../nbs/04_interpret.ipynb #c27810e3
 FOCAL = ('Mass', 'Nodule')  # focal findings (small, one place); the others are diffuse or large
 
+# %% ../nbs/04_interpret.ipynb #33c14d70
 def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:
     "A boolean `(H, W)` mask of the union of `(x, y, w, h)` boxes (pixels)."
     H, W = size
@@ -191,12 +198,14 @@ def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:
         m[ya:yb, xa:xb] = True
     return m
 
+# %% ../nbs/04_interpret.ipynb #0645cd2f
 def _peak_hit(mp: torch.Tensor, mk: torch.Tensor) -> bool:
     "Whether a maximum of map `mp` lies in mask `mk` (ties: any maximum)."
     if mp.max() <= 0: return False
     peak = torch.nonzero(mp == mp.max())
     return bool(mk[peak[:, 0], peak[:, 1]].any())
 
+# %% ../nbs/04_interpret.ipynb #3860713e
 def localisation_scores(maps: torch.Tensor,  # `(B, C, H, W)`
                         boxes: dict,  # image index -> list of (label, x, y, w, h), pixels of the map's frame
                         labels: Sequence[str],
@@ -221,13 +230,16 @@ def localisation_scores(maps: torch.Tensor,  # `(B, C, H, W)`
     cols = ['image', 'label', 'pointing', 'energy', 'box_fraction'] + (['patch pointing'] if grid else [])
     return pd.DataFrame(rows, columns=cols)
 
+# %% ../nbs/04_interpret.ipynb #6ea41707
 def random_maps(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     "The floor: i.i.d. uniform maps of `shape`."
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
 
+# %% ../nbs/04_interpret.ipynb #2a6eeec4
 def _score_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in ('pointing', 'patch pointing', 'energy') if c in df.columns]
 
+# %% ../nbs/04_interpret.ipynb #1f8ae01b
 def summarise_localisation(scores: dict[str, pd.DataFrame]) -> pd.DataFrame:
     "Per-label, focal, diffuse and overall scores (pointing, patch pointing, energy in box), columns per method."
     out = []
@@ -261,12 +273,14 @@ def _bootstrap_means(scores: dict[str, pd.DataFrame], columns: Sequence[str], n_
             out[meth][col] = (float(s.sum() / max(n.sum(), 1e-12)), (counts @ s) / np.maximum(counts @ n, 1e-12))
     return out
 
+# %% ../nbs/04_interpret.ipynb #95a2cf45
 def _select(scores: dict[str, pd.DataFrame], group: str | None) -> dict[str, pd.DataFrame]:
     "The rows of a label group: None (all), 'focal' (`FOCAL`) or 'diffuse' (the rest)."
     if group is None: return scores
     if group not in ('focal', 'diffuse'): raise ValueError(f"group must be None, 'focal' or 'diffuse', got {group!r}.")
     return {m: df[df['label'].isin(FOCAL) == (group == 'focal')] for m, df in scores.items()}
 
+# %% ../nbs/04_interpret.ipynb #2e2ad3f8
 def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
                            n_boot: int = 1000, seed: int = 0,
                            columns: Sequence[str] | None = None,  # the per-row scores to average (None: all scores)
@@ -285,6 +299,7 @@ def localisation_intervals(scores: dict[str, pd.DataFrame],  # method -> per (im
     cols = [f'{c}{s}' for c in columns for s in ('', ' low', ' high')] + ['pairs', 'images']
     return pd.DataFrame.from_dict(rows, orient='index')[cols].rename_axis('method')
 
+# %% ../nbs/04_interpret.ipynb #40e32ee1
 def localisation_differences(scores: dict[str, pd.DataFrame],  # method -> per (image, label) scores
                              pairs: Sequence[tuple[str, str]],  # (method, reference): method - reference
                              column: str = 'pointing', n_boot: int = 1000, seed: int = 0,
@@ -299,6 +314,7 @@ def localisation_differences(scores: dict[str, pd.DataFrame],  # method -> per (
         rows.append({'method': m, 'reference': ref, 'difference': vm - vr, 'low': low, 'high': high, 'level': level})
     return pd.DataFrame(rows)
 
+# %% ../nbs/04_interpret.ipynb #4d2ffdde
 def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map on each image
                       grid: tuple[int, int] | None = None,  # the patch grid peaks are compared on (None: pixels)
                      ) -> pd.DataFrame:
@@ -326,6 +342,7 @@ def dataset_boxes(ds, size: int) -> dict:
         if r.label in ds.labels: out.setdefault(pos[r.id], []).append((r.label, r.x, r.y, r.w, r.h))
     return out
 
+# %% ../nbs/04_interpret.ipynb #752a5bd0
 def prior_maps(boxes: dict,  # image -> [(label, x, y, w, h)], of images that are not scored (validation)
                labels: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
     "The image-blind floor: per label, the mean box mask over `boxes` (uniform for a label without boxes), `(C, H, W)`."
@@ -336,6 +353,7 @@ def prior_maps(boxes: dict,  # image -> [(label, x, y, w, h)], of images that ar
         if masks: out[j] = torch.stack(masks).mean(0)
     return _normalise(out[None])[0]
 
+# %% ../nbs/04_interpret.ipynb #9d0dae87
 def perfect_maps(boxes: dict,  # batch position -> [(label, x, y, w, h)]
                  labels: Sequence[str], size: tuple[int, int], grid: tuple[int, int], n: int) -> torch.Tensor:
     "The ceiling at the patch grid: each box mask averaged per patch, upsampled as attention maps are, `(n, C, H, W)`."
@@ -347,6 +365,7 @@ def perfect_maps(boxes: dict,  # batch position -> [(label, x, y, w, h)]
                 out[b, j] = F.adaptive_avg_pool2d(mk[None, None], grid)[0, 0]
     return _normalise(_upsample(out, size))
 
+# %% ../nbs/04_interpret.ipynb #ddd6ca8c
 METHOD_NAMES = {
     'attention': 'attention',
     'attention_mean': 'attention (mean)',
@@ -356,6 +375,7 @@ METHOD_NAMES = {
 FLOORS = ('random', 'prior map')  # what a map that ignores the image (or everything) reaches
 CEILING = 'perfect map (patch grid)'
 
+# %% ../nbs/04_interpret.ipynb #7d780462
 @dataclass
 class LocalisationResult:
     "What `compare_localisation` measured: per-label table, per-pair scores, per-image specificity, layers used."
@@ -370,6 +390,7 @@ class LocalisationResult:
         sp = localisation_intervals(self.specificity, n_boot, seed, columns=('map correlation', 'same peak'))
         return out.join(sp.drop(columns=['pairs', 'images']))
 
+# %% ../nbs/04_interpret.ipynb #43bb5a18
 def _boxed_batches(ds, max_images: int, batch_size: int):
     "The first `max_images` boxed images of `ds`, in batches: (offset, row indices, images, boxes by batch position)."
     allboxes = dataset_boxes(ds, ds[0]['image'].shape[-1])
@@ -379,6 +400,7 @@ def _boxed_batches(ds, max_images: int, batch_size: int):
         chunk = rows[k:k + batch_size]
         yield k, chunk, torch.stack([ds[i]['image'] for i in chunk]), {n: allboxes[i] for n, i in enumerate(chunk)}
 
+# %% ../nbs/04_interpret.ipynb #0551e46a
 def compare_localisation(model: LTViT,  # a trained LT-ViT
                          ds,  # a data set with boxes (NIH layout: synthetic or NIH), eval transform
                          baseline: torch.nn.Module | None = None,  # a trained plain ViT on the same labels
@@ -411,11 +433,13 @@ def compare_localisation(model: LTViT,  # a trained LT-ViT
     specificity = {n: pd.concat(p, ignore_index=True) for n, p in spec.items() if p}
     return LocalisationResult(summarise_localisation(scores), scores, specificity, layers)
 
+# %% ../nbs/04_interpret.ipynb #12dbf9b5
 def map_sources(model: torch.nn.Module, method: str = 'gradcam') -> list[str]:
     "Where a method's maps can come from: Grad-CAM's layers, or attention's LT blocks ('0', '1', ...) and 'mean'."
     if method == 'attention': return [str(i) for i in range(model.n2)] + ['mean']
     return list(gradcam_layers(model))
 
+# %% ../nbs/04_interpret.ipynb #931262d0
 def choose_layer(model: torch.nn.Module,  # an LT-ViT or a plain ViT
                  ds,  # a split with boxes that is not the one scored (validation)
                  max_images: int = 100, batch_size: int = 16,

@@ -90,6 +90,7 @@ def auc_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
 # %% ../nbs/02b_metrics.ipynb #19942b5a
 OPERATING_POINTS = {'youden': "Youden's J on validation", 'sens90': '0.90 sensitivity on validation'}
 
+# %% ../nbs/02b_metrics.ipynb #320a4f87
 def operating_points(y: np.ndarray,  # validation targets `(N, C)` in {0, 1}
                      p: np.ndarray,  # validation probabilities `(N, C)`
                      labels: Sequence[str],
@@ -109,6 +110,7 @@ def operating_points(y: np.ndarray,  # validation targets `(N, C)` in {0, 1}
                   'validation_positives': int(yy.sum()), 'validation_images': int(len(yy))}
     return out
 
+# %% ../nbs/02b_metrics.ipynb #3d5cb75d
 def calibration_report(y: np.ndarray,  # targets `(N, C)` in {0, 1}
                        p: np.ndarray,  # probabilities `(N, C)`
                        labels: Sequence[str],

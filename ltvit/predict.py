@@ -38,11 +38,13 @@ __all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'TEXT_COLUMNS', 'ImageRejected', '
 LATERAL_VIEWS = frozenset({'LL', 'RL', 'LAT', 'LATERAL', 'LLD', 'RLD', 'XTABLE LATERAL'})
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.dicom')  # kept from folders (and reported if unusable)
 
+# %% ../nbs/07_predict.ipynb #cc139df8
 class ImageRejected(Exception):
     "An input that cannot be predicted: `status` (a short code) and a reason for the report."
     def __init__(self, status: str, reason: str):
         super().__init__(f'{status}: {reason}'); self.status, self.reason = status, reason
 
+# %% ../nbs/07_predict.ipynb #0c8ce28c
 def is_dicom(path: str | Path) -> bool:
     "Whether `path` is a DICOM Part 10 file: the `DICM` marker after the 128-byte preamble."
     try:
@@ -50,6 +52,7 @@ def is_dicom(path: str | Path) -> bool:
     except OSError: return False
     return len(head) == 132 and head[128:] == b'DICM'
 
+# %% ../nbs/07_predict.ipynb #0e4860ac
 def _dicom_pixels(ds) -> np.ndarray:
     "A greyscale DICOM's pixels as floats in [0, 1]: modality LUT, VOI LUT or window, MONOCHROME1 inverted."
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -73,6 +76,7 @@ def _dicom_pixels(ds) -> np.ndarray:
     y = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
     return 1.0 - y if str(ds.get('PhotometricInterpretation', '')).upper() == 'MONOCHROME1' else y
 
+# %% ../nbs/07_predict.ipynb #791bdc0b
 def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
     "A DICOM file as an 8-bit greyscale array and its identifiers; `ImageRejected` says why one cannot be used."
     import pydicom
@@ -93,6 +97,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
         ) from e
     return np.round(y * 255).astype(np.uint8), info
 
+# %% ../nbs/07_predict.ipynb #bb6e479c
 def read_any(path: str | Path) -> tuple[np.ndarray, dict]:
     "Any input as an 8-bit greyscale array and its identifiers: DICOM by content, else PNG/JPEG through PIL."
     path = Path(path)
@@ -131,6 +136,7 @@ def _sha(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:16]
 
+# %% ../nbs/07_predict.ipynb #132e4e27
 class Predictor:
     "A checkpoint ready to predict: model, preprocessing and per-label thresholds, all read from the file."
     def __init__(self, checkpoint: str | Path,  # a `best.safetensors` written by training (`save_model`)
@@ -197,6 +203,7 @@ def find_inputs(inputs: Sequence[str | Path], exclude: str | Path | None = None)
         else: raise FileNotFoundError(f'Input not found: {p}')
     return list(dict.fromkeys(out))
 
+# %% ../nbs/07_predict.ipynb #f3a247dd
 class _Inputs(Dataset):
     "Decoded, transformed images (in loader workers); an unusable file gives a zero image and its status."
     def __init__(self, paths: Sequence[Path], transform, size: int):
@@ -211,6 +218,7 @@ class _Inputs(Dataset):
             return {'image': torch.zeros(3, self.size, self.size), 'index': i, 'status': e.status, 'reason': e.reason,
                     'uid': ''}
 
+# %% ../nbs/07_predict.ipynb #4275e509
 def _key(path: Path) -> str:
     "A file-name-safe key of an input path (its name and a hash of where it is)."
     stem = ''.join(c if c.isalnum() or c in '-_' else '_' for c in path.stem)[:40]
@@ -229,21 +237,25 @@ def _overlay(image: np.ndarray,  # `(H, W)` in [0, 1]
     out = (1 - alpha) * grey + alpha * rgb
     return Image.fromarray(np.round(out * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
 
+# %% ../nbs/07_predict.ipynb #07dcfdd8
 def _unnormalise(x: torch.Tensor, pre: dict) -> np.ndarray:
     return np.clip(x[0].numpy() * pre['std'] + pre['mean'], 0, 1)
 
 # %% ../nbs/07_predict.ipynb #ed96290a
 TEXT_COLUMNS = ('path', 'sop_instance_uid', 'status', 'reason', 'checkpoint', 'findings')
 
+# %% ../nbs/07_predict.ipynb #a4fc62b2
 def _columns(labels) -> list[str]:
     return [*TEXT_COLUMNS, 'max_probability'] + [f'prob_{l}' for l in labels] + [f'call_{l}' for l in labels]
 
+# %% ../nbs/07_predict.ipynb #0d2e88b4
 def read_predictions(csv: str | Path) -> pd.DataFrame:
     "A `predictions.csv`: text columns as text ('' where empty), probabilities and calls as numbers (NaN where none)."
     t = pd.read_csv(csv, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False, na_values={
         c: [''] for c in pd.read_csv(csv, nrows=0).columns if c not in TEXT_COLUMNS})
     return t
 
+# %% ../nbs/07_predict.ipynb #a8ee6d23
 def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by training
                   inputs: Sequence[str | Path],  # files and folders
                   out: str | Path,  # the report folder
@@ -305,17 +317,20 @@ def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by tra
 def _data_uri(path: Path) -> str:
     return 'data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() if path.is_file() else ''
 
+# %% ../nbs/07_predict.ipynb #21e5b274
 _CSS = ('body{font-family:sans-serif;margin:24px;max-width:1200px}'
         '.img{border:1px solid #ccc;margin:16px 0;padding:12px} table{border-collapse:collapse;font-size:13px}'
         'td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left} .pos{font-weight:bold;color:#b00}'
         '.maps img{margin:4px} figure{display:inline-block;margin:4px} figcaption{font-size:12px;text-align:center}')
 
+# %% ../nbs/07_predict.ipynb #bf2a70fb
 def _label_row(label: str, prob: float, call: int, threshold: float) -> str:
     "One row of an image's label table: probability, threshold ('none' without one) and call."
     thr = 'none' if np.isnan(threshold) else f'{threshold:.3f}'
     return (f'<tr class="{"pos" if call == 1 else ""}"><td>{html.escape(label)}</td><td>{prob:.3f}</td><td>{thr}</td>'
             f'<td>{ {1: "positive", 0: "", -1: "n/a"}[call] }</td></tr>')
 
+# %% ../nbs/07_predict.ipynb #536c3354
 def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path) -> Path:
     "Write `report.html` (self-contained) for a predictions table."
     out, esc = Path(out), html.escape
@@ -377,6 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto')
     return p
 
+# %% ../nbs/07_predict.ipynb #8101ab83
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: `ltvit_predict --checkpoint best.safetensors --out report/ INPUT...`."
     a = _parser().parse_args(argv)
@@ -410,6 +426,7 @@ class ExportWrapper(torch.nn.Module):
         gh, gw = out['grid']
         return out['logits'], a.reshape(a.shape[0], a.shape[1], gh, gw)
 
+# %% ../nbs/07_predict.ipynb #7077406a
 def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, opset: int = 17) -> Path:
     "Write `checkpoint`'s model as ONNX: input `image` `(B, 3, H, W)`, outputs `logits` (and `maps`)."
     model = load_model(checkpoint).eval()
@@ -426,6 +443,7 @@ def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, op
                               dynamic_axes={'image': {0: 'batch'}, **{n: {0: 'batch'} for n in names}}, dynamo=False)
     return atomic_write(path, writer=write)
 
+# %% ../nbs/07_predict.ipynb #0db4768d
 def export_main(argv: Sequence[str] | None = None) -> int:
     "Command line: `ltvit_export --checkpoint best.safetensors --onnx model.onnx [--maps]`."
     p = argparse.ArgumentParser(prog='ltvit_export', description='Export a trained LT-ViT (or ViT) checkpoint.')

@@ -40,6 +40,7 @@ __all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_ba
 # %% ../nbs/03a_pretrain.ipynb #84d89496
 ATTRIBUTES = ('rotation', 'scale', 'shift_x', 'shift_y', 'exposure', 'gamma', 'body', 'lung_h')
 
+# %% ../nbs/03a_pretrain.ipynb #d67f35d0
 def _pretrain_image(args):
     "Render pre-training image `i` (in a worker): the phantom resized to `img_size`, its attributes and findings."
     seed, i, render_size, img_size = args
@@ -49,6 +50,7 @@ def _pretrain_image(args):
     info.update(body=anat.body, lung_h=anat.lung_h)
     return resize_square(np.round(img * 255).astype(np.uint8), img_size), [info[a] for a in ATTRIBUTES], sorted(findings)
 
+# %% ../nbs/03a_pretrain.ipynb #072d4536
 def pretrain_images(n: int,  # images, one patient each
                     seed: int = 1,  # generator seed: a seed other than the fine-tuning data's gives other patients
                     img_size: int = 64,  # the training size; phantoms are drawn at `render_size`, then resized
@@ -72,12 +74,14 @@ def _to_input(x: torch.Tensor) -> torch.Tensor:
     x = x.float() / 255 if x.dtype == torch.uint8 else x
     return ((x - CXR_MEAN) / CXR_STD).unsqueeze(1).expand(-1, 3, -1, -1)
 
+# %% ../nbs/03a_pretrain.ipynb #75ba8298
 def make_backbone(model: str = 'vit_tiny_patch16_224',  # a timm ViT name
                   model_args: str | dict = '',  # its arguments, e.g. embed_dim:96,depth:4,num_heads:3,patch_size:8
                   img_size: int = 64, num_classes: int = 0) -> VisionTransformer:
     "The timm ViT that a stand-in pre-trains (the fine-tuned models must use the same name and arguments)."
     return timm.create_model(model, img_size=img_size, num_classes=num_classes, **parse_model_args(model_args))
 
+# %% ../nbs/03a_pretrain.ipynb #ed760b58
 def _schedule(opt, steps: int, warmup: int, lr: float, min_lr: float = 1e-6) -> Callable[[int], None]:
     "Linear warm-up, then cosine decay: call with the step index before each step."
     def set_lr(i):
@@ -85,6 +89,7 @@ def _schedule(opt, steps: int, warmup: int, lr: float, min_lr: float = 1e-6) -> 
         for g in opt.param_groups: g['lr'] = min_lr + (lr - min_lr) * f if i >= warmup else lr * f
     return set_lr
 
+# %% ../nbs/03a_pretrain.ipynb #37828a45
 def _batches(n: int, batch_size: int, gen: torch.Generator):
     "Shuffled index batches of one epoch (the last partial batch dropped when there is a full one)."
     perm = torch.randperm(n, generator=gen)
@@ -119,6 +124,7 @@ class PretrainMethod:
         h = {'epoch': epoch + 1, 'loss': float(np.mean(losses))}
         return {'history': h, 'log': f'epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}'}
 
+# %% ../nbs/03a_pretrain.ipynb #7ae69022
 def run_pretraining(method: PretrainMethod, images: np.ndarray,  # uint8 `(N, H, W)`
                     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int = 0,
                     log=print) -> tuple[pd.DataFrame, torch.optim.Optimizer]:
@@ -162,6 +168,7 @@ class Supervised(PretrainMethod):
         h = {'epoch': epoch + 1, 'loss': float(np.mean(losses)), 'val_r2': r2}
         return {'history': h, 'log': f'supervised epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}, held-out R2 {r2:.3f}'}
 
+# %% ../nbs/03a_pretrain.ipynb #0ef62f7e
 def pretrain_supervised(model: VisionTransformer,  # a timm ViT with `len(ATTRIBUTES)` outputs
                         images: np.ndarray, attributes: pd.DataFrame, epochs: int = 20, batch_size: int = 64,
                         lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, log=print) -> pd.DataFrame:
@@ -193,6 +200,7 @@ def augment_views(x: torch.Tensor,  # uint8 `(B, H, W)` images
     img = img + u(0, 0.04)[:, None, None, None] * torch.randn(img.shape, generator=gen)
     return img.clamp(0, 1).squeeze(1)
 
+# %% ../nbs/03a_pretrain.ipynb #c6eaacea
 class WeightNormLinear(nn.Module):
     "DINO's last layer: `weight_norm(nn.Linear(in, out, bias=False))` with `weight_g` fixed at one (norm_last_layer)."
     def __init__(self, in_dim: int, out_dim: int):
@@ -203,6 +211,7 @@ class WeightNormLinear(nn.Module):
         "Prototype scores of `x`: the rows of `weight_v` normalised to `weight_g` (one)."
         return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1))
 
+# %% ../nbs/03a_pretrain.ipynb #9b992a04
 class DINOHead(nn.Module):
     "DINO's projection head: MLP, L2-normalised bottleneck, weight-normalised prototypes."
     def __init__(self, in_dim: int, out_dim: int = 256, hidden: int = 256, bottleneck: int = 64):
@@ -214,6 +223,7 @@ class DINOHead(nn.Module):
         "Prototype scores `(B, out_dim)` of backbone features `(B, in_dim)`."
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
+# %% ../nbs/03a_pretrain.ipynb #37274f33
 class MultiCropWrapper(nn.Module):
     "DINO's wrapper: `backbone` (a timm ViT without classifier, its CLS feature) then `head`."
     def __init__(self, backbone: VisionTransformer, head: DINOHead):
@@ -227,6 +237,7 @@ def dino_momentum(steps: int) -> float:
     "The teacher's base EMA momentum for a run of `steps`: DINO's 0.996, or lower when the run is short."
     return min(0.996, 1 - 10 / steps)  # sum of (1 - m) over the cosine schedule = 5: e^-5 < 1% of the init is left
 
+# %% ../nbs/03a_pretrain.ipynb #ebd90d3d
 class DINO(PretrainMethod):
     "DINO self-distillation between two augmented views: the student learns, the teacher follows its EMA."
     clip = 3.0
@@ -280,6 +291,7 @@ class DINO(PretrainMethod):
             f'image, {h["batch_entropy"]:.3f} over the batch (collapse: per image near log {k} = {math.log(k):.2f}, '
             f'or batch near 0), temperature {h["teacher_temp"]:.3f}, momentum {self.m:.4f}')}
 
+# %% ../nbs/03a_pretrain.ipynb #4cd0372c
 def pretrain_dino(student: MultiCropWrapper, teacher: MultiCropWrapper, images: np.ndarray, epochs: int = 10,
                   batch_size: int = 64, lr: float = 2.5e-4, weight_decay: float = 0.04, seed: int = 0, log=print,
                   **kw,  # `DINO`'s settings: temperatures, momentum, views
@@ -355,6 +367,7 @@ class MAE(PretrainMethod):
         return {'history': h,
                 'log': f'MAE epoch {epoch + 1}/{epochs}: loss {h["loss"]:.4f}, held-out {val:.4f} (patch means score 1.0)'}
 
+# %% ../nbs/03a_pretrain.ipynb #ca76f355
 def pretrain_mae(mae: MaskedAutoencoder, images: np.ndarray, epochs: int = 30, batch_size: int = 64,
                  lr: float = 1.5e-3, weight_decay: float = 0.05, seed: int = 0,
                  log=print) -> tuple[pd.DataFrame, torch.optim.Optimizer]:
@@ -364,13 +377,16 @@ def pretrain_mae(mae: MaskedAutoencoder, images: np.ndarray, epochs: int = 30, b
 # %% ../nbs/03a_pretrain.ipynb #d8f8bf91
 STANDIN_FILES = {'supervised': 'model.safetensors', 'dino': 'checkpoint.pth', 'mae': 'checkpoint-{last}.pth'}
 
+# %% ../nbs/03a_pretrain.ipynb #e6ae8bb8
 def standin_file(method: str, epochs: int) -> str:
     "The file a stand-in writes: timm's `model.safetensors`, DINO's `checkpoint.pth`, MAE's `checkpoint-<last>.pth`."
     if method not in STANDIN_FILES: raise ValueError(f'method={method!r}: expected one of {sorted(STANDIN_FILES)}.')
     return STANDIN_FILES[method].format(last=epochs - 1)
 
+# %% ../nbs/03a_pretrain.ipynb #501fba3a
 def _args(**kw) -> argparse.Namespace: return argparse.Namespace(**kw)
 
+# %% ../nbs/03a_pretrain.ipynb #7eaa5572
 def save_dino_checkpoint(path, student: MultiCropWrapper, teacher: MultiCropWrapper, opt, epoch: int,
                          center: torch.Tensor, **args) -> Path:
     "DINO's `checkpoint.pth`: the student as DistributedDataParallel names it (`module.`), the teacher unwrapped."
@@ -379,6 +395,7 @@ def save_dino_checkpoint(path, student: MultiCropWrapper, teacher: MultiCropWrap
             'dino_loss': {'center': center}}
     return atomic_write(path, writer=lambda tmp: torch.save(ckpt, tmp))
 
+# %% ../nbs/03a_pretrain.ipynb #c9aed12d
 def save_mae_checkpoint(path, mae: MaskedAutoencoder, opt, epoch: int, **args) -> Path:
     "MAE's `misc.save_model` file: `model` (encoder and decoder), `optimizer`, `epoch`, `scaler`, `args`."
     ckpt = {'model': mae.mae_state_dict(), 'optimizer': opt.state_dict(), 'epoch': epoch, 'scaler': {},
@@ -394,6 +411,7 @@ def pretrain_images_task(out: Path, n: int, seed: int, img_size: int) -> dict:
     atomic_write(out / 'attributes.csv', table.to_csv(index=False))
     return {'images': len(images), 'img_size': img_size, 'seed': seed}
 
+# %% ../nbs/03a_pretrain.ipynb #dfbb1c89
 def pretrain_task(out: Path, method: str, images: str, model: str, model_args: str, img_size: int,
                   epochs: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> dict:
     "Pre-train one stand-in (`supervised`, `dino` or `mae`) on an images folder; write its checkpoint in its layout."
@@ -444,6 +462,7 @@ def frozen_features(backbone: VisionTransformer,  # a timm ViT (any head: its to
 # %% ../nbs/03a_pretrain.ipynb #b7e1a0c3
 PROBE_C = (0.01, 0.1, 1.0, 10.0)  # inverse regularisation strengths tried on validation
 
+# %% ../nbs/03a_pretrain.ipynb #429c4bcd
 def linear_probe(feats: dict[str, np.ndarray],  # split ('train', 'val', 'test') -> features `(N, F)`
                  targets: dict[str, np.ndarray],  # split -> labels `(N, C)` in {0, 1}
                  labels: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:

@@ -22,8 +22,8 @@ from .grid import Grid, run_state
 from .metrics import bootstrap_indices, fast_auc, percentile_interval
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'ResultTable',
-           'run_table', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
+__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'run_table',
+           'ResultTable', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
            'seed_table', 'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level',
            'verdict', 'page_verdict']
 
@@ -42,8 +42,10 @@ class RunResult:
     @property
     def finished(self) -> bool: return self.status == 'finished'
 
+# %% ../nbs/06b_results.ipynb #fca3b0f0
 def _read_json(p: Path) -> dict | None: return json.loads(p.read_text()) if p.is_file() else None
 
+# %% ../nbs/06b_results.ipynb #4900f7d2
 def read_run(grid: Grid, name: str, root: str | Path, tag: dict | None = None) -> RunResult:
     "One run's status, metrics and config."
     d, status = grid.folder(name, root), run_state(grid, name, root)
@@ -51,6 +53,7 @@ def read_run(grid: Grid, name: str, root: str | Path, tag: dict | None = None) -
     if status == 'finished': res.metrics, res.config = _read_json(d / 'metrics.json'), _read_json(d / 'config.json')
     return res
 
+# %% ../nbs/06b_results.ipynb #d5032de1
 def collect(grid: Grid, root: str | Path, **select) -> list[RunResult]:
     "The runs whose tags match `select` (in the grid's order), read from `root`."
     out = []
@@ -58,6 +61,33 @@ def collect(grid: Grid, root: str | Path, **select) -> list[RunResult]:
         tag = next(t for t in r.tags if all(t.get(k) == v for k, v in select.items()))
         out.append(read_run(grid, r.name, root, tag))
     return out
+
+# %% ../nbs/06b_results.ipynb #608fe84c
+def run_table(grid: Grid, root: str | Path, name: str,
+              select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
+              index: Sequence[str],  # tag fields that name a row, e.g. ('dataset', 'model')
+              columns: dict[str, Callable[[dict], object]],  # column -> value from a run's metrics.json
+              formats: dict | None = None,
+              tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is (e.g. the weights' source)
+             ) -> ResultTable:
+    "One row per selected run; missing runs give rows of NaN."
+    runs = collect(grid, root, **select)
+    rows, src, tag_columns = {}, {}, dict(tag_columns or {})
+    for r in runs:
+        key = tuple(r.tag[k] for k in index); key = key[0] if len(key) == 1 else key
+        if key in rows: raise ValueError(f'{name}: two runs share the row {key!r} ({src[key][0]}, {r.name}).')
+        rows[key] = {c: (f(r.metrics) if r.finished else float('nan')) for c, f in columns.items()}
+        rows[key].update({c: r.tag.get(t, '') for c, t in tag_columns.items()})
+        src[key] = (r.name,)
+    cols = list(columns) + list(tag_columns)
+    idx = (
+        pd.MultiIndex.from_tuples(list(rows), names=list(index))
+        if len(index) > 1
+        else pd.Index(list(rows), name=index[0])
+    )
+    values = pd.DataFrame(list(rows.values()), index=idx, columns=cols)
+    sources = pd.DataFrame([[src[k]] * len(cols) for k in rows], index=idx, columns=cols)
+    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #22460d51
 MISSING = 'missing'
@@ -128,6 +158,7 @@ def frame(self: ResultTable) -> pd.DataFrame:
                 'sources': {(str(r), str(c)): list(self.sources.loc[r, c]) for r in df.index for c in df.columns}}
     return df
 
+# %% ../nbs/06b_results.ipynb #71b11ed1
 @patch
 def with_column(self: ResultTable, name: str, values: Sequence, sources: Sequence[tuple[str, ...]],
                 fmt: str | None = None) -> ResultTable:
@@ -142,33 +173,7 @@ def with_column(self: ResultTable, name: str, values: Sequence, sources: Sequenc
     return ResultTable(self.name, vals, srcs, self.runs, self.grid, self.root,
                        {**self.formats, **({name: fmt} if fmt else {})})
 
-# %% ../nbs/06b_results.ipynb #608fe84c
-def run_table(grid: Grid, root: str | Path, name: str,
-              select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
-              index: Sequence[str],  # tag fields that name a row, e.g. ('dataset', 'model')
-              columns: dict[str, Callable[[dict], object]],  # column -> value from a run's metrics.json
-              formats: dict | None = None,
-              tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is (e.g. the weights' source)
-             ) -> ResultTable:
-    "One row per selected run; missing runs give rows of NaN."
-    runs = collect(grid, root, **select)
-    rows, src, tag_columns = {}, {}, dict(tag_columns or {})
-    for r in runs:
-        key = tuple(r.tag[k] for k in index); key = key[0] if len(key) == 1 else key
-        if key in rows: raise ValueError(f'{name}: two runs share the row {key!r} ({src[key][0]}, {r.name}).')
-        rows[key] = {c: (f(r.metrics) if r.finished else float('nan')) for c, f in columns.items()}
-        rows[key].update({c: r.tag.get(t, '') for c, t in tag_columns.items()})
-        src[key] = (r.name,)
-    cols = list(columns) + list(tag_columns)
-    idx = (
-        pd.MultiIndex.from_tuples(list(rows), names=list(index))
-        if len(index) > 1
-        else pd.Index(list(rows), name=index[0])
-    )
-    values = pd.DataFrame(list(rows.values()), index=idx, columns=cols)
-    sources = pd.DataFrame([[src[k]] * len(cols) for k in rows], index=idx, columns=cols)
-    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict(formats or {}))
-
+# %% ../nbs/06b_results.ipynb #79069d16
 def per_class_table(grid: Grid, root: str | Path, name: str, select: dict, column: str | Sequence[str],
                     metric: str = 'per_class_auc', scale: float = 100.0, formats: str = '.1f') -> ResultTable:
     "One row per label, one column per value of the tag field(s) `column`: runs sharing a column (seeds) are averaged."
@@ -185,6 +190,7 @@ def per_class_table(grid: Grid, root: str | Path, name: str, select: dict, colum
     runs_ = {r.name: r for r in runs}
     return ResultTable(name, values, sources, runs_, grid, Path(root), dict.fromkeys(groups, formats))
 
+# %% ../nbs/06b_results.ipynb #241e9160
 def task_table(grid: Grid, root: str | Path, name: str, run: RunResult, values: pd.DataFrame | None,
                formats: dict | None = None, columns: Sequence[str] = ()) -> ResultTable:
     "A table read from a task's files (`values`, or an empty table with `columns` when the task has not run)."
@@ -204,6 +210,7 @@ def _predictions(run: RunResult) -> tuple[pd.Series, np.ndarray, np.ndarray, lis
         labels,
     )
 
+# %% ../nbs/06b_results.ipynb #19a0d7e0
 def _aligned(runs: Sequence[RunResult]) -> tuple[np.ndarray, list[np.ndarray]]:
     "The targets and every run's probabilities on the same test images, in the first run's order."
     ids, y, s0, _ = _predictions(runs[0])
@@ -217,6 +224,7 @@ def _aligned(runs: Sequence[RunResult]) -> tuple[np.ndarray, list[np.ndarray]]:
         scores.append(s_r[order])
     return y, scores
 
+# %% ../nbs/06b_results.ipynb #b9d63b76
 def _mean_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
     "Mean AUC over labels, on the images `idx` (`(n_boot, N)` resamples) or on all; labels lacking a class skipped."
     yy, ss = (y, s) if idx is None else (y[idx], s[idx])
@@ -224,16 +232,19 @@ def _mean_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray | None = None) -> np
         warnings.simplefilter('ignore')  # labels without both classes in a resample give NaN, skipped by nanmean
         return np.nanmean(np.stack([fast_auc(yy[..., j], ss[..., j]) for j in range(y.shape[1])]), axis=0)
 
+# %% ../nbs/06b_results.ipynb #72fe9370
 def _resampled_aucs(runs: Sequence[RunResult], n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Each run's mean AUC on all its test images `(R,)` and on `n_boot` shared resamples of them `(R, n_boot)`."
     y, scores = _aligned(runs)
     idx = bootstrap_indices(len(y), n_boot, seed)
     return np.array([_mean_auc(y, s) for s in scores]), np.stack([_mean_auc(y, s, idx) for s in scores])
 
+# %% ../nbs/06b_results.ipynb #2db56a29
 def _two_sided_p(boot: np.ndarray) -> float:
     "Bootstrap p-value of 'no difference': twice the smaller tail."
     return float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
 
+# %% ../nbs/06b_results.ipynb #ece1b187
 def paired_auc_difference(a: RunResult, b: RunResult,  # finished runs on the same test set; difference is b - a
                           n_boot: int = 1000, seed: int = 0) -> dict:
     "Mean-AUC difference `b - a` on the same test images, with a paired bootstrap 95% interval and p-value."
@@ -275,6 +286,7 @@ def seed_runs(grid: Grid, root: str | Path, select: dict, index: Sequence[str]) 
         runs.sort(key=lambda r: r.tag.get('seed', 0))
     return cells
 
+# %% ../nbs/06b_results.ipynb #762c0618
 def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per resample of the test images
                seed: int = 0) -> np.ndarray:
     "Two-level bootstrap: for each image resample, the mean over seeds drawn with replacement."
@@ -284,6 +296,7 @@ def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per
         warnings.simplefilter('ignore', RuntimeWarning)
         return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
 
+# %% ../nbs/06b_results.ipynb #0a15e845
 def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
     return (
         pd.MultiIndex.from_tuples(keys, names=list(names))
@@ -291,6 +304,7 @@ def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
         else pd.Index([k[0] for k in keys], name=names[0])
     )
 
+# %% ../nbs/06b_results.ipynb #13ccf66f
 def seed_table(grid: Grid, root: str | Path, name: str,
                select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
                index: Sequence[str],  # tag fields that name a cell, e.g. ('dataset', 'model'); runs differ by 'seed'
@@ -320,6 +334,7 @@ def seed_table(grid: Grid, root: str | Path, name: str,
     fm = {**dict.fromkeys(cols[:4], '.1f'), 'seeds': '.0f'}
     return ResultTable(name, values, sources, runs, grid, Path(root), fm)
 
+# %% ../nbs/06b_results.ipynb #13c2f4e0
 def seed_difference_table(grid: Grid, root: str | Path, name: str,
                           pairs: dict[str, tuple[list[RunResult], list[RunResult]]],  # row -> (a runs, b runs) by seed
                           index_name: str = 'comparison', n_boot: int = 1000, seed: int = 0,
@@ -375,6 +390,7 @@ def _science_sha(p: Path) -> str | None:
     "`science_hash` of a run's JSON record: the same results give the same hash on any machine, in any folder."
     return science_hash(json.loads(p.read_text())) if p.is_file() else None
 
+# %% ../nbs/06b_results.ipynb #e620e8db
 def _display_root(root: Path) -> str:
     "The grid folder as shown in captions: relative to the repository when inside it."
     try: return str(Path(root).resolve().relative_to(repo_root().resolve()))
@@ -486,11 +502,13 @@ def page_summary(claim: str,  # the claim the page tests, one sentence
 VERDICTS = ('supported', 'not supported', 'contradicted', 'cannot be tested at this scale')
 COMPETENT_AUC = 0.80  # mean test AUC a model must reach before its comparison says anything
 
+# %% ../nbs/06b_results.ipynb #bdc062c1
 def corrected_level(comparisons: int, alpha: float = 0.05) -> float:
     "Bonferroni: each interval's coverage so that `comparisons` intervals hold together with probability 1 - alpha."
     if comparisons < 1: raise ValueError(f'comparisons must be at least 1, got {comparisons}.')
     return 1 - alpha / comparisons
 
+# %% ../nbs/06b_results.ipynb #11a8eae0
 def verdict(low: Sequence[float],  # each difference's corrected lower bound
             high: Sequence[float],  # and upper bound
             testable: bool = True,  # False: the experiment cannot tell (say why beside the verdict)
@@ -508,6 +526,7 @@ RULE = ('every difference the claim predicts positive must have its interval, Bo
         'differences, above 0 (supported); one below 0 contradicts it; otherwise not supported; cannot be tested when '
         'the models or pre-trainings do not beat their floors.')
 
+# %% ../nbs/06b_results.ipynb #3498f2bd
 def page_verdict(claim: str,  # the claim, as the paper states it
                  result: str,  # one of `VERDICTS`
                  evidence: str,  # the numbers the verdict rests on, in words

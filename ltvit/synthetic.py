@@ -36,6 +36,7 @@ PREVALENCE: dict[str, float] = {'Atelectasis': 0.10, 'Cardiomegaly': 0.08, 'Effu
 LATENT = {'heart failure': (0.08, ('Cardiomegaly', 'Edema', 'Effusion'), 8.0),
           'infection': (0.10, ('Consolidation', 'Infiltration', 'Atelectasis'), 5.0)}
 
+# %% ../nbs/01a_synthetic.ipynb #57910f7a
 def sample_findings(rng: np.random.Generator,
                     prevalence: dict[str, float] = PREVALENCE,  # the marginal probability of each finding
                    ) -> set[str]:
@@ -60,6 +61,7 @@ def _soft_ellipse(X, Y, cx, cy, rx, ry, angle=0.0, edge=0.08):
     d = np.sqrt(u * u + v * v)
     return 1.0 / (1.0 + np.exp(np.clip((d - 1.0) / edge, -30, 30)))
 
+# %% ../nbs/01a_synthetic.ipynb #d955f3e7
 def _gauss(X, Y, cx, cy, sx, sy=None):
     sy = sx if sy is None else sy
     return np.exp(-0.5 * (((X - cx) / sx) ** 2 + ((Y - cy) / sy) ** 2))
@@ -86,6 +88,7 @@ def _pose(rng: np.random.Generator, size: int, info: dict | None = None) -> tupl
     dx, dy = Xi - 0.5 - tx, Yi - 0.5 - ty
     return (c * dx + s * dy) / sc + 0.5, (-s * dx + c * dy) / sc + 0.5
 
+# %% ../nbs/01a_synthetic.ipynb #609acdca
 def _chest(X, Y, anat: Anatomy, findings: set[str], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     "The normal chest's attenuation (body, lungs, markings aside, mediastinum, spine, heart, ribs) and its parts."
     size = X.shape[0]
@@ -138,6 +141,7 @@ def _in_lung(rng: np.random.Generator, lung: np.ndarray, lcx: float, lower: bool
         if lung[min(size - 1, int(y * size)), min(size - 1, int(x * size))] > 0.5: return x, y
     return lcx, 0.45
 
+# %% ../nbs/01a_synthetic.ipynb #a9bcafdb
 def _focal_findings(A, X, Y, findings, parts, side: int, rng, k: float, scale: float) -> dict:
     "Draw the findings of one lung (nodule, mass, atelectasis, effusion, infiltration, consolidation) into `A`."
     masks, Lside, lcx = {}, parts['lungs'][side], 0.32 if side == 0 else 0.68
@@ -247,14 +251,13 @@ class SyntheticSpec:
         "A short hash of the specification: data made from equal specifications are the same."
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+# %% ../nbs/01a_synthetic.ipynb #1aa21279
 def _render_one(args):
     "Render image `i` of a data set (in a worker): its own seed, so results do not depend on scheduling."
     spec, i, fs, anat_seed = args
     arng, rng = np.random.default_rng(anat_seed), np.random.default_rng([spec.seed, 1, i])
     img, boxes = render(set(fs), Anatomy.sample(arng), rng, spec.size, spec.contrast, spec.lesion_scale, spec.noise)
     return i, np.round(img * 255).astype(np.uint8), boxes
-
-
 
 # %% ../nbs/01a_synthetic.ipynb #4f296df7
 def make_synthetic(out: str | Path | None = None,  # folder to write (default: `$LTVIT_DATA/synthetic-<spec key>`)
@@ -342,6 +345,7 @@ _CHEXPERT_FROM_SYNTHETIC = {
     'Effusion': 'Pleural Effusion',
 }
 
+# %% ../nbs/01a_synthetic.ipynb #9d59d32a
 def synthetic_to_chexpert(src: str | Path,  # a synthetic data set in the NIH layout (`make_synthetic`)
                           out: str | Path,  # the folder to write
                           uncertain: float = 0.1,  # fraction of training labels (of the five) marked -1

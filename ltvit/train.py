@@ -40,9 +40,9 @@ from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, 
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'TRAIN_PRESETS', 'parse_model_args', 'runs_root', 'default_out_dir', 'TrainConfig',
-           'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups', 'masked_bce',
-           'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'train', 'format_report',
+__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'RECIPE', 'DATASET_DEFAULTS', 'parse_model_args', 'runs_root', 'default_out_dir',
+           'TrainConfig', 'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups',
+           'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'format_report', 'train',
            'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #32d1700a
@@ -61,10 +61,12 @@ def parse_model_args(s: str | dict | None) -> dict:
         except (ValueError, SyntaxError): out[m.group(1)] = m.group(2)
     return out
 
+# %% ../nbs/03_training_loop.ipynb #469601de
 def runs_root() -> Path:
     "Where runs go: `$LTVIT_RUNS`, else `<repo>/runs`."
     return Path(os.environ.get('LTVIT_RUNS') or repo_root() / 'runs')
 
+# %% ../nbs/03_training_loop.ipynb #42560aa2
 def default_out_dir(dataset: str, model: str | None) -> Path:
     "A new run folder: `runs_root()` / `<dataset>-<model>-<timestamp>`."
     return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
@@ -74,41 +76,30 @@ DATASETS = ('synthetic', 'nih', 'chexpert')
 
 PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
 
-TRAIN_PRESETS: dict[str, dict] = {  # what None takes, per data set
-    'recipe': dict(model='ltvit_small_patch16_224', model_args={}, pretrained=PAPER_WEIGHTS, img_size=224, epochs=75,
-                   batch_size=256,
-                   lr=None, base_lr=2.5e-4, min_lr=1e-5, layer_decay=None, weight_decay=0.05, warmup_epochs=5.0,
-                   drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False),
-    'synthetic': dict(model='ltvit_tiny_patch16_224', pretrained='none',
-                      model_args=dict(patch_size=16, embed_dim=96, depth=4, num_heads=3),
-                      img_size=64, epochs=36, batch_size=32, lr=1.5e-3, base_lr=2.5e-4, min_lr=1e-5, layer_decay=None,
-                      weight_decay=0.05, warmup_epochs=2.0, drop_path=0.0, augment='none', workers=0, preload=True),
-}
-
 # %% ../nbs/03_training_loop.ipynb #fc822d49
 @dataclass
 class TrainConfig:
-    "Every parameter of a training run (None: the data set's preset), with its help: the parameters of `05_train`."
+    "Every parameter of a training run, with its help; the defaults are the CPU demo's (the parameters of `05_train`)."
     dataset: str = 'synthetic'  # data set: synthetic, nih or chexpert
     data_dir: str | None = None  # data set folder (None: $LTVIT_DATA/<dataset>; synthetic data is generated there)
     subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
-    model: str | None = None  # any ltvit_* model or a plain timm vit_* baseline (None: preset)
-    model_args: str | dict = ''  # extra timm model arguments, e.g. depth:6,embed_dim:192 (empty: preset)
-    pretrained: str | None = None  # initial weights: none, a timm/hub name or a checkpoint file (None: preset)
+    model: str = 'ltvit_tiny_patch16_224'  # any ltvit_* model or a plain timm vit_* baseline
+    model_args: str | dict = 'patch_size:16,embed_dim:96,depth:4,num_heads:3'  # extra timm model arguments (name:value,...)
+    pretrained: str = 'none'  # initial weights: none, a timm/hub name or a checkpoint file
     n2: int = 4  # LT blocks: the label tokens join the last n2 blocks
     vit_pool: str = 'token'  # ViT baseline pooling: token (its CLS token) or avg (mean with fc_norm, as MAE fine-tunes)
-    img_size: int | None = None  # image size in pixels (None: preset)
-    epochs: int | None = None  # epochs (None: preset)
-    batch_size: int | None = None  # global batch size (None: preset)
-    lr: float | None = None  # peak learning rate (None: base_lr times batch_size/256)
-    base_lr: float | None = None  # learning rate per 256 images (None: preset)
-    min_lr: float | None = None  # final learning rate of the cosine schedule (None: preset)
-    layer_decay: float | None = None  # layer-wise lr decay (None: 0.55 with pre-trained weights, else 1)
+    img_size: int = 64  # image size in pixels
+    epochs: int = 36  # epochs
+    batch_size: int = 32  # global batch size
+    lr: float | None = 1.5e-3  # peak learning rate (None: base_lr times batch_size/256)
+    base_lr: float = 2.5e-4  # learning rate per 256 images (used when lr is None)
+    min_lr: float = 1e-5  # final learning rate of the cosine schedule
+    layer_decay: float = 1.0  # layer-wise lr decay (1: none)
     readout_lr_scale: float = 1.0  # lr of the readout per head lr: label tokens and norms or CLS token, final norm
-    weight_decay: float | None = None  # AdamW weight decay (None: preset)
-    warmup_epochs: float | None = None  # linear warm-up epochs before the cosine schedule (None: preset)
-    drop_path: float | None = None  # stochastic depth rate (None: preset)
-    augment: str | None = None  # RandAugment spec such as rand-m6-mstd0.5 (with random crops), or none (None: preset)
+    weight_decay: float = 0.05  # AdamW weight decay
+    warmup_epochs: float = 2.0  # linear warm-up epochs before the cosine schedule
+    drop_path: float = 0.0  # stochastic depth rate
+    augment: str = 'none'  # RandAugment spec such as rand-m6-mstd0.5 (with random crops), or none
     hflip: float = 0.0  # horizontal flip probability (off by default, flips move the heart)
     chexpert_labels: str = 'chexpert5'  # CheXpert label set: chexpert5, chexpert13 or chexpert14
     label_policy: str = 'mixed'  # CheXpert uncertain labels: ones, zeros, ignore (masked) or mixed
@@ -121,8 +112,8 @@ class TrainConfig:
     device: str = 'auto'  # auto, cpu, cuda or mps
     precision: str = 'auto'  # auto (bf16 on capable GPUs, else fp32), fp32 or bf16
     compile: bool = False  # torch.compile the model
-    workers: int | None = None  # data loader worker processes (None: preset)
-    preload: bool | None = None  # keep transformed images in memory, needs augment none (None: preset)
+    workers: int = 0  # data loader worker processes
+    preload: bool = True  # keep transformed images in memory, needs augment none
     out_dir: str | None = None  # run folder (None: a new folder under runs/ at the repository root)
     resume: bool = False  # continue the run in out_dir from its last checkpoint
     max_steps: int = 0  # stop after this many optimizer steps, for smoke runs (0: no cap)
@@ -133,22 +124,40 @@ class TrainConfig:
         "The parameters, in order (the papermill parameters of `nbs/05_train.ipynb` are these, line for line)."
         return [f.name for f in fields(cls)]
 
+# %% ../nbs/03_training_loop.ipynb #7e8e3234
+RECIPE: dict = dict(  # the paper's recipe for real data: the fields where it differs from the demo's defaults
+    model='ltvit_small_patch16_224', model_args='', pretrained=PAPER_WEIGHTS, img_size=224, epochs=75, batch_size=256,
+    lr=None, warmup_epochs=5.0, drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False)
+
+DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, 'nih': RECIPE, 'chexpert': RECIPE}
+
+# %% ../nbs/03_training_loop.ipynb #e4d3f7e0
+@patch(cls_method=True)
+def for_dataset(cls: TrainConfig,
+                dataset: str = 'synthetic',  # synthetic (the demo's values), nih or chexpert (the recipe)
+                **given,  # fields to set; None takes the data set's value
+               ) -> TrainConfig:
+    "The configuration of `dataset` with the `given` fields on top (what `05_train` and the command line build)."
+    if dataset not in DATASETS: raise ValueError(f'dataset={dataset!r} is not one of {DATASETS}.')
+    unknown = sorted(set(given) - set(cls.parameter_names()))
+    if unknown: raise TypeError(f'Unknown parameter(s) {unknown}; see TrainConfig.parameter_names().')
+    given = {k: v for k, v in given.items() if v is not None}
+    c = cls(**{**DATASET_DEFAULTS[dataset], **given, 'dataset': dataset})
+    if 'layer_decay' not in given: c.layer_decay = 1.0 if str(c.pretrained) in ('none', '', 'None') else 0.55
+    if 'warmup_epochs' not in given and 0 < c.epochs <= c.warmup_epochs:
+        c.warmup_epochs = round(0.05 * c.epochs, 3)  # short runs: the data set's warm-up cut to 5%
+    return c
+
 # %% ../nbs/03_training_loop.ipynb #4c716f96
 @patch
 def resolved(self: TrainConfig) -> TrainConfig:
-    "A copy with presets filled in and every value checked; errors name the parameter."
+    "A checked copy with `lr` and `out_dir` derived where `None`; errors name the parameter."
     c = TrainConfig(**asdict(self))
-    c.model_args = parse_model_args(c.model_args) or None  # empty: the preset's
+    c.model_args = parse_model_args(c.model_args)
     if c.out_dir is None: c.out_dir = str(default_out_dir(c.dataset, c.model))
     if c.dataset not in DATASETS:
         raise ValueError(f'dataset={c.dataset!r} is not one of {DATASETS}.')
-    preset = TRAIN_PRESETS['synthetic' if c.dataset == 'synthetic' else 'recipe']
-    from_preset = {k for k, v in preset.items() if getattr(c, k) is None}
-    for k in from_preset: setattr(c, k, preset[k])
-    if 'warmup_epochs' in from_preset and c.epochs > 0 and c.warmup_epochs >= c.epochs:
-        c.warmup_epochs = round(0.05 * c.epochs, 3)  # short runs: the preset's warm-up scaled down to 5%
-    if c.pretrained in ('', 'None'): c.pretrained = 'none'
-    if c.layer_decay is None: c.layer_decay = 0.55 if c.pretrained != 'none' else 1.0
+    if c.pretrained in ('', 'None', None): c.pretrained = 'none'
     if not (c.model.startswith('ltvit_') or c.model.startswith('vit_')):
         raise ValueError(f'model={c.model!r}: expected an ltvit_* model or a plain timm vit_* baseline.')
     if c.model not in timm.list_models(): raise ValueError(f'model={c.model!r} is not a registered timm model.')
@@ -173,6 +182,7 @@ def preprocessing(c: TrainConfig) -> dict:
     "The evaluation preprocessing of a resolved config (`make_transform`'s arguments), stored with the model."
     return dict(img_size=c.img_size, channels=3, mean=CXR_MEAN, std=CXR_STD, interpolation='bicubic')
 
+# %% ../nbs/03_training_loop.ipynb #79cf937c
 def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str], Path]:
     "The train/val/test data sets of a resolved config, their label names and the data folder."
     tf_eval = make_transform(**preprocessing(c))
@@ -203,6 +213,7 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
         for d in ds.values(): d.preload()
     return ds, ds['train'].labels, Path(root)
 
+# %% ../nbs/03_training_loop.ipynb #22021a07
 def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
     "The model of a resolved config: an LT-ViT, or the plain ViT baseline (CLS or average pooling), maybe pre-trained."
     kw = dict(c.model_args or {}, img_size=c.img_size, drop_path_rate=c.drop_path)
@@ -223,6 +234,7 @@ def readout_parameter_names(model: torch.nn.Module) -> list[str]:
     has_cls = getattr(model, 'cls_token', None) is not None
     return (['cls_token'] if has_cls and getattr(model, 'global_pool', None) == 'token' else []) + final  # ViT
 
+# %% ../nbs/03_training_loop.ipynb #f9427bfd
 def param_groups(model: torch.nn.Module,
                  weight_decay: float,  # AdamW weight decay (none on 1-d parameters and `no_weight_decay()`)
                  layer_decay: float = 1.0,  # layer-wise lr decay of the pre-trained layers (1: none)
@@ -280,6 +292,7 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict):
             for f in old.iterdir(): f.unlink()
             old.rmdir()
 
+# %% ../nbs/03_training_loop.ipynb #d5313812
 def load_checkpoint(out: Path, model, opt, sched) -> dict | None:
     "Restore model, optimizer and scheduler from the run's last complete checkpoint; its state, or None."
     last = out / 'checkpoints' / 'last.json'
@@ -309,6 +322,7 @@ def _dist_setup(device: str) -> tuple[int, int, torch.device]:
     if not dist.is_initialized(): dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
     return rank, world, dev
 
+# %% ../nbs/03_training_loop.ipynb #354f5f01
 @torch.no_grad()
 def predict(model, loader, device, precision, world: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     "Probabilities, targets, masks and ids for a loader's data set (gathered across ranks, in data set order)."
@@ -326,12 +340,11 @@ def predict(model, loader, device, precision, world: int = 1) -> tuple[np.ndarra
     idx, probs = idx[order], probs[order]
     return probs, ds.targets[idx], ds.mask[idx], [ds.table['id'].iat[i] for i in idx]
 
-
-
 # %% ../nbs/03_training_loop.ipynb #cb8eaaf0
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
 
+# %% ../nbs/03_training_loop.ipynb #130be66b
 def _loader(ds, batch, sampler, workers, seed=None, drop_last=False):
     g = torch.Generator(); g.manual_seed(seed if seed is not None else 0)
     return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
@@ -352,6 +365,7 @@ def _existing_run(c: TrainConfig, out: Path, say) -> dict | None:
         )
     return None
 
+# %% ../nbs/03_training_loop.ipynb #2c13f9b3
 def _optimizer(c: TrainConfig, model, n_train: int) -> tuple:
     "AdamW over `param_groups`, timm's warm-up + cosine schedule stepped per optimizer step, and the steps per epoch."
     opt = create_optimizer_v2(param_groups(model, c.weight_decay, c.layer_decay, c.readout_lr_scale), 'adamw', lr=c.lr,
@@ -369,6 +383,7 @@ def _optimizer(c: TrainConfig, model, n_train: int) -> tuple:
     )
     return opt, sched, steps_per_epoch
 
+# %% ../nbs/03_training_loop.ipynb #e50491b9
 def _train_epoch(fwd, loader, opt, sched, state: dict, c: TrainConfig, on: tuple, out: Path, epoch: int,
                  show: bool) -> tuple[list[float], bool]:
     "One epoch of steps on `on` = (device, precision, world): the step losses, and whether `max_steps` was reached."
@@ -394,48 +409,28 @@ def _train_epoch(fwd, loader, opt, sched, state: dict, c: TrainConfig, on: tuple
     bar.close()
     return losses, stop
 
-# %% ../nbs/03_training_loop.ipynb #48d617d2
-def train(config: TrainConfig, verbose: bool = True) -> dict:
-    "Run (or resume) one training run; returns the test metrics, also written to `out_dir/metrics.json`."
-    c = config.resolved()
-    rank, world, dev = _dist_setup(c.device)
-    precision = get_precision(c.precision, dev)
-    out = Path(c.out_dir); main = rank == 0
-    say = (lambda *a: print(*a, flush=True)) if (verbose and main) else (lambda *a: None)
-    finished = _existing_run(c, out, say)
-    if finished is not None: return finished
-    if c.batch_size % world: raise ValueError(f'batch_size={c.batch_size} is not divisible by the {world} DDP ranks.')
-    check_pretrained(c.pretrained)  # offline, a hub name stops here, before any data is read
-    seed_everything(c.seed, c.deterministic)
-    ds, labels, root = build_datasets(c, verbose=verbose and main)
-    model = build_model(c, labels).to(dev)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt, sched, steps_per_epoch = _optimizer(c, model, len(ds['train']))
-    tr_sampler = DistributedSampler(
-        ds['train'], num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True
-    )
-    per_rank = c.batch_size // world
-    state = {'epoch': -1, 'step': 0, 'best_val_auc': -1.0, 'best_epoch': None, 'history': []}
-    if c.resume:
-        got = load_checkpoint(out, model, opt, sched)
-        if got: state = got; say(f'Resuming {out} after epoch {state["epoch"] + 1} (step {state["step"]}).')
-    fwd = model
-    compiled = None
+# %% ../nbs/03_training_loop.ipynb #02b42b4c
+def _wrap(model, c: TrainConfig, dev: torch.device, world: int, say) -> tuple:
+    "The module the loop calls: `model`, compiled if asked (eager when that fails), under DDP on several ranks."
+    fwd, compiled = model, None
     if c.compile:
         try: fwd = torch.compile(model); compiled = True
         except Exception as e: compiled = False; say(f'torch.compile failed ({e}); running eagerly.')
     if world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    eval_sampler = lambda d: DistributedSampler(d, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-    val_loader = _loader(ds['val'], per_rank * 2, eval_sampler(ds['val']), c.workers)
-    fingerprint = {s: d.fingerprint() for s, d in ds.items()}
-    cfg_record = {
+    return fwd, compiled
+
+# %% ../nbs/03_training_loop.ipynb #d0181d5e
+def _run_record(c: TrainConfig, ds: dict, labels: list[str], root: Path, model, dev: torch.device, precision: str,
+                world: int, steps_per_epoch: int) -> dict:
+    "What `config.json` records: the resolved config, the data (sizes, fingerprints), the model, the machine, the code."
+    return {
         'config': asdict(c),
         'labels': labels,
         'data_dir': str(root),
         'split_sizes': {s: len(d) for s, d in ds.items()},
-        'split_fingerprint': fingerprint,
-        'n_params': n_params,
+        'split_fingerprint': {s: d.fingerprint() for s, d in ds.items()},
+        'n_params': sum(p.numel() for p in model.parameters()),
         'device': str(dev),
         'precision': precision,
         'world_size': world,
@@ -444,51 +439,6 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         'code_version': code_version(),
         'steps_per_epoch': steps_per_epoch,
     }
-    if main: write_json(out / 'config.json', cfg_record)
-    say(
-        f'{c.model} ({n_params / 1e6:.2f} M parameters{", n2=%d" % c.n2 if c.model.startswith("ltvit") else ""}) on '
-        f'{c.dataset}: {len(ds["train"])} train / {len(ds["val"])} val / {len(ds["test"])} test images, '
-        f'{len(labels)} labels; '
-        f'{dev} {precision}, batch {c.batch_size}, lr {c.lr:.2e}, {c.epochs} epochs x {steps_per_epoch} steps.'
-    )
-    t_start = time.time()
-    for epoch in range(state['epoch'] + 1, c.epochs):
-        seed_everything((c.seed * 100003 + epoch) % 2**32)
-        tr_sampler.set_epoch(epoch)
-        loader = _loader(ds['train'], per_rank, tr_sampler, c.workers, seed=c.seed * 100003 + epoch, drop_last=True)
-        t0 = time.time()
-        losses, stop = _train_epoch(
-            fwd, loader, opt, sched, state, c, (dev, precision, world), out, epoch, verbose and main
-        )
-        p, y, m, _ = predict(fwd, val_loader, dev, precision, world)
-        val = auc_report(y, p, labels, mask=m, n_boot=0)
-        tl = float(np.mean(losses)) if losses else float('nan')
-        if world > 1:
-            t = torch.tensor([tl], dtype=torch.float64); dist.all_reduce(t); tl = t.item() / world
-        state['history'].append(
-            {
-                'epoch': epoch + 1,
-                'step': state['step'],
-                'train_loss': tl,
-                'val_mean_auc': val['mean_auc'],
-                'lr': opt.param_groups[-1]['lr'],
-                'seconds': round(time.time() - t0, 2),
-            }
-        )
-        improved = val['mean_auc'] > state['best_val_auc']
-        if improved:
-            state['best_val_auc'], state['best_epoch'] = val['mean_auc'], epoch + 1
-            if main: save_model(model, out / 'best.safetensors', epoch=epoch + 1, val_mean_auc=val['mean_auc'])
-        state['epoch'] = epoch
-        if main: save_checkpoint(out, model, opt, sched, state)
-        if world > 1: dist.barrier()
-        say(f'epoch {epoch + 1:3d}/{c.epochs}  train loss {tl:.4f}  val mean AUC {val["mean_auc"]:.4f}'
-            f'{"  (best)" if improved else ""}  {time.time() - t0:5.1f} s')
-        if stop: say(f'Stopped at max_steps={c.max_steps}.'); break
-    where = _Where(out, dev, precision, world, rank, say)
-    return _finish(
-        c, where, model, ds, labels, state, dict(compile=compiled, train_seconds=round(time.time() - t_start, 1))
-    )
 
 # %% ../nbs/03_training_loop.ipynb #2b0bbd59
 def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, per: dict, cal: dict | None = None):
@@ -529,6 +479,7 @@ def _plots(out: Path, hist: pd.DataFrame, y: np.ndarray, p: np.ndarray, labels, 
     fig.tight_layout()
     atomic_write(out / 'calibration.png', writer=lambda f: fig.savefig(f, dpi=120, format='png')); plt.close(fig)
 
+# %% ../nbs/03_training_loop.ipynb #f2b8f5d3
 @dataclass
 class _Where:
     "Where a run executes: its folder, device and precision, its DDP rank among `world`, and its printer."
@@ -607,14 +558,89 @@ def format_report(metrics: dict, out: str | Path) -> str:
     ]
     return '\n'.join(lines)
 
+# %% ../nbs/03_training_loop.ipynb #48d617d2
+def train(config: TrainConfig, verbose: bool = True) -> dict:
+    "Run (or resume) one training run; returns the test metrics, also written to `out_dir/metrics.json`."
+    c = config.resolved()
+    rank, world, dev = _dist_setup(c.device)
+    precision = get_precision(c.precision, dev)
+    out = Path(c.out_dir); main = rank == 0
+    say = (lambda *a: print(*a, flush=True)) if (verbose and main) else (lambda *a: None)
+    finished = _existing_run(c, out, say)
+    if finished is not None: return finished
+    if c.batch_size % world: raise ValueError(f'batch_size={c.batch_size} is not divisible by the {world} DDP ranks.')
+    check_pretrained(c.pretrained)  # offline, a hub name stops here, before any data is read
+    seed_everything(c.seed, c.deterministic)
+    ds, labels, root = build_datasets(c, verbose=verbose and main)
+    model = build_model(c, labels).to(dev)
+    opt, sched, steps_per_epoch = _optimizer(c, model, len(ds['train']))
+    tr_sampler = DistributedSampler(
+        ds['train'], num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True
+    )
+    per_rank = c.batch_size // world
+    state = {'epoch': -1, 'step': 0, 'best_val_auc': -1.0, 'best_epoch': None, 'history': []}
+    if c.resume:
+        got = load_checkpoint(out, model, opt, sched)
+        if got: state = got; say(f'Resuming {out} after epoch {state["epoch"] + 1} (step {state["step"]}).')
+    fwd, compiled = _wrap(model, c, dev, world, say)
+    eval_sampler = lambda d: DistributedSampler(d, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    val_loader = _loader(ds['val'], per_rank * 2, eval_sampler(ds['val']), c.workers)
+    record = _run_record(c, ds, labels, root, model, dev, precision, world, steps_per_epoch)
+    if main: write_json(out / 'config.json', record)
+    say(
+        f'{c.model} ({record["n_params"] / 1e6:.2f} M parameters{", n2=%d" % c.n2 if c.model.startswith("ltvit") else ""}) on '
+        f'{c.dataset}: {len(ds["train"])} train / {len(ds["val"])} val / {len(ds["test"])} test images, '
+        f'{len(labels)} labels; '
+        f'{dev} {precision}, batch {c.batch_size}, lr {c.lr:.2e}, {c.epochs} epochs x {steps_per_epoch} steps.'
+    )
+    t_start = time.time()
+    for epoch in range(state['epoch'] + 1, c.epochs):
+        seed_everything((c.seed * 100003 + epoch) % 2**32)
+        tr_sampler.set_epoch(epoch)
+        loader = _loader(ds['train'], per_rank, tr_sampler, c.workers, seed=c.seed * 100003 + epoch, drop_last=True)
+        t0 = time.time()
+        losses, stop = _train_epoch(
+            fwd, loader, opt, sched, state, c, (dev, precision, world), out, epoch, verbose and main
+        )
+        p, y, m, _ = predict(fwd, val_loader, dev, precision, world)
+        val = auc_report(y, p, labels, mask=m, n_boot=0)
+        tl = float(np.mean(losses)) if losses else float('nan')
+        if world > 1:
+            t = torch.tensor([tl], dtype=torch.float64); dist.all_reduce(t); tl = t.item() / world
+        state['history'].append(
+            {
+                'epoch': epoch + 1,
+                'step': state['step'],
+                'train_loss': tl,
+                'val_mean_auc': val['mean_auc'],
+                'lr': opt.param_groups[-1]['lr'],
+                'seconds': round(time.time() - t0, 2),
+            }
+        )
+        improved = val['mean_auc'] > state['best_val_auc']
+        if improved:
+            state['best_val_auc'], state['best_epoch'] = val['mean_auc'], epoch + 1
+            if main: save_model(model, out / 'best.safetensors', epoch=epoch + 1, val_mean_auc=val['mean_auc'])
+        state['epoch'] = epoch
+        if main: save_checkpoint(out, model, opt, sched, state)
+        if world > 1: dist.barrier()
+        say(f'epoch {epoch + 1:3d}/{c.epochs}  train loss {tl:.4f}  val mean AUC {val["mean_auc"]:.4f}'
+            f'{"  (best)" if improved else ""}  {time.time() - t0:5.1f} s')
+        if stop: say(f'Stopped at max_steps={c.max_steps}.'); break
+    where = _Where(out, dev, precision, world, rank, say)
+    return _finish(
+        c, where, model, ds, labels, state, dict(compile=compiled, train_seconds=round(time.time() - t_start, 1))
+    )
+
 # %% ../nbs/03_training_loop.ipynb #7943cd2e
 def _parse_value(v: str):
     if v.lower() in ('none', 'null'): return None
     try: return ast.literal_eval(v)
     except (ValueError, SyntaxError): return v
 
+# %% ../nbs/03_training_loop.ipynb #d541a3ae
 def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
-    "The `TrainConfig` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
+    "The `TrainConfig.for_dataset` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
     p = argparse.ArgumentParser(
         prog='ltvit_train', description='Train LT-ViT or a ViT baseline (see nbs/05_train.ipynb).'
     )
@@ -624,14 +650,15 @@ def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
             dest=f.name,
             default=argparse.SUPPRESS,
             type=str,
-            help=f'default {f.default!r}',
+            help=f'default {f.default!r}' + (' (else the data set\'s)' if f.name in RECIPE else ''),
         )
     text = {f.name for f in fields(TrainConfig) if 'str' in str(f.type)}  # kept as typed: --augment=none means none
     a = {k: v if k in text else _parse_value(v) for k, v in vars(p.parse_args(argv)).items()}
-    cfg = TrainConfig(**a)
+    cfg = TrainConfig.for_dataset(**a)  # flags not given (or None) take the data set's values
     if 'out_dir' not in a: cfg.out_dir = str(default_out_dir(cfg.dataset, cfg.model))
     return cfg
 
+# %% ../nbs/03_training_loop.ipynb #983196ba
 def main(argv: Sequence[str] | None = None):
     "Train from the command line (`ltvit_train --dataset nih ...`, or under `torchrun -m ltvit.train`)."
     cfg = config_from_cli(argv)

@@ -125,6 +125,31 @@ def test_plain_vit_baseline_loads_the_same_files(tmp_path):
     assert any('resampled from a 4x4 grid to 8x8' in n for n in rep.notes)
 
 
+@pytest.mark.parametrize('name', ENTRYPOINTS)
+def test_pretrained_true_loads_a_vit_through_timm(name, tmp_path):
+    "`pretrained=True` is timm's path (`build_model_with_cfg` + the filter); a local file stands in for the hub."
+    from safetensors.torch import save_file
+    torch.manual_seed(3)
+    src = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2)
+    save_file(src.state_dict(), str(tmp_path / 'vit.safetensors'))  # with its 1000-class head, as the hub's
+    assert timm.get_pretrained_cfg(name).hf_hub_id == f"timm/{name.replace('ltvit', 'vit')}.augreg_in21k_ft_in1k"
+    for n_labels in (14, 3):
+        torch.manual_seed(0)
+        fresh = timm.create_model(name, num_classes=n_labels, label_init='cls', **dict(TINY, img_size=48))
+        torch.manual_seed(0)
+        m = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'vit.safetensors')),
+                              num_classes=n_labels, label_init='cls', **dict(TINY, img_size=48))
+        own = m.state_dict()
+        for k, v in src.state_dict().items():
+            if k == 'pos_embed': assert own[k].shape == (1, 1 + 36, 24)  # 4x4 resampled to 6x6
+            elif not k.startswith('head.'): assert torch.equal(own[k], v), k
+        assert torch.equal(own['head.weight'], fresh.state_dict()['head.weight'])  # the head is new, not the ViT's
+        assert torch.equal(m.blocks[2].norm_label.bias, src.blocks[2].norm1.bias)
+        assert torch.allclose(m.label_tokens[0, 1], src.cls_token[0, 0] + own['pos_embed'][0, 0])
+    with pytest.raises(RuntimeError, match='pretrained_cfg_overlay'):  # offline: says what to do instead
+        timm.create_model(name, pretrained=True, **TINY)
+
+
 # --- timm's hooks, on every entrypoint and on models built with from_vit -----------------------------------------
 CONFIGS = {'reuse': {}, 'fresh': dict(reuse_blocks=False), 'split': dict(attn_impl='split'), 'no_label_attn': dict(label_attn=False)}
 

@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     "A two-epoch LT-ViT on phantoms (its checkpoint stores preprocessing and operating points) and its data."
     d = tmp_path_factory.mktemp('pred')
     syn = make_synthetic(d / 'syn', n_patients=60, progress=False)
-    train(TrainConfig(dataset='synthetic', data_dir=str(syn), synthetic_patients=60, img_size=32, epochs=2,
+    train(TrainConfig(dataset='synthetic', data_dir=str(syn), synthetic_patients=60, img_size=32, epochs=2, warmup_epochs=0.1,
                       batch_size=16, out_dir=str(d / 'run'), n_boot=0, model_args=TINY, n2=1), verbose=False)
     return d / 'run' / 'best.safetensors', syn
 

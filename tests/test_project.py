@@ -131,3 +131,58 @@ def test_every_public_definition_carries_its_own_docstring():
                     base = next((b for b in obj.__mro__[1:] if attr in vars(b)), None)  # what getdoc falls back to
                     if base is None or not base.__module__.startswith('ltvit'): missing.append(f'{mod.__name__}.{name}.{attr}')
     assert not missing, f'definitions without their own docstring: {missing}'
+
+
+# --- the library's notebooks in fastcore's shape: small export cells, examples beside what they define ---------
+def _notebook_shape():
+    "Per library notebook: export cell sizes, stretches of export code without an executed example, example text."
+    import ast
+    import re
+    shape = {}
+    for nb in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb')):
+        sizes, stretches, examples, defs_per_cell, run = [], [], [], [], 0
+        for c in json.loads(nb.read_text())['cells']:
+            if c['cell_type'] != 'code': continue
+            src = ''.join(c['source'])
+            directives = [l for l in src.splitlines() if l.startswith('#|')]
+            if any(re.match(r'#\|\s*export', l) for l in directives):
+                body = '\n'.join(l for l in src.splitlines() if not l.startswith('#|'))
+                n = len([l for l in body.splitlines() if l.strip()])
+                sizes.append(n); run += n
+                defs_per_cell.append(sum(isinstance(t, (ast.FunctionDef, ast.ClassDef)) for t in ast.parse(body).body))
+            elif not directives and src.strip():  # a visible, executed example
+                examples.append(src)
+                if run: stretches.append(run)
+                run = 0
+        if run: stretches.append(run)
+        shape[nb.name] = dict(sizes=sizes, stretches=stretches, examples='\n'.join(examples), defs=defs_per_cell)
+    return shape
+
+
+# Notebooks whose examples are not yet interleaved with their definitions (their examples still come at the end).
+EXAMPLES_AT_THE_END = {'07_predict.ipynb'}
+
+
+def test_export_cells_are_small_and_hold_one_definition():
+    import statistics
+    shape = _notebook_shape()
+    sizes = [n for s in shape.values() for n in s['sizes']]
+    assert statistics.median(sizes) <= 15, statistics.median(sizes)
+    several = {nb: [k for k in s['defs'] if k > 1] for nb, s in shape.items()}
+    assert not any(several.values()), several
+
+
+def test_every_definition_has_an_example_nearby_and_every_public_name_is_shown():
+    import importlib
+    import re
+    shape = _notebook_shape()
+    long = {nb: [n for n in s['stretches'] if n > 80] for nb, s in shape.items() if nb not in EXAMPLES_AT_THE_END}
+    assert not any(long.values()), long
+    unshown = []
+    for nb, s in shape.items():
+        if nb in EXAMPLES_AT_THE_END: continue
+        mod = re.search(r'#\|\s*default_exp\s+(\S+)', (ROOT / 'nbs' / nb).read_text().replace('\\n', '\n'))
+        if not mod: continue
+        for name in getattr(importlib.import_module(f'ltvit.{mod.group(1)}'), '__all__', []):
+            if not re.search(rf'\b{re.escape(name)}\b', s['examples']): unshown.append(f'{nb}: {name}')
+    assert not unshown, unshown
