@@ -31,7 +31,7 @@ from .metrics import OPERATING_POINTS
 
 # %% auto #0
 __all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'TEXT_COLUMNS', 'ImageRejected', 'is_dicom', 'read_dicom', 'read_any',
-           'write_test_dicom', 'Predictor', 'find_inputs', 'read_predictions', 'predict_files', 'write_report', 'main',
+           'write_test_dicom', 'Predictor', 'find_inputs', 'read_predictions', 'write_report', 'predict_files', 'main',
            'ExportWrapper', 'export_onnx', 'export_main']
 
 # %% ../nbs/07_predict.ipynb #ba296445
@@ -255,64 +255,6 @@ def read_predictions(csv: str | Path) -> pd.DataFrame:
         c: [''] for c in pd.read_csv(csv, nrows=0).columns if c not in TEXT_COLUMNS})
     return t
 
-# %% ../nbs/07_predict.ipynb #a8ee6d23
-def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by training
-                  inputs: Sequence[str | Path],  # files and folders
-                  out: str | Path,  # the report folder
-                  threshold: float | None = None,  # one threshold for every label (default: the stored ones)
-                  operating_point: str = 'youden',  # 'youden' or 'sens90'
-                  top_k: int = 0,  # maps also for the k most probable labels of each image, called or not
-                  redo: bool = False,  # predict again images already in `predictions.csv` for this checkpoint
-                  batch_size: int = 16, workers: int = 2, device: str = 'auto', progress: bool = True,
-                 ) -> pd.DataFrame:
-    "Predict every input; write `predictions.csv`, map overlays and `report.html` into `out`; return the table."
-    out = Path(out); (out / 'maps').mkdir(parents=True, exist_ok=True); (out / 'images').mkdir(exist_ok=True)
-    pred = Predictor(checkpoint, device, threshold, operating_point)
-    paths = find_inputs(inputs, exclude=out)
-    cols, csv = _columns(pred.labels), out / 'predictions.csv'
-    old = read_predictions(csv) if csv.is_file() else pd.DataFrame(columns=cols)
-    if len(old) and list(old.columns) != cols:
-        raise ValueError(f'{csv} was written for other labels; use another --out folder.')
-    same = old['checkpoint'].astype(str) == pred.sha
-    done = set() if redo else set(old.loc[same, 'path'])
-    todo = [p for p in paths if str(p) not in done]
-    keep = old[~old['path'].isin([str(p) for p in todo])]
-    rows = keep.to_dict('records')
-    size = int(pred.preprocessing['img_size'])
-    loader = DataLoader(_Inputs(todo, pred.transform, size), batch_size=batch_size, num_workers=workers if todo else 0)
-    for b in tqdm(loader, desc='ltvit_predict', total=len(loader), unit='batch', disable=not progress):
-        ok = np.array([s == 'ok' for s in b['status']])
-        probs, maps = pred(b['image'][torch.from_numpy(ok)]) if ok.any() else (np.zeros((0, len(pred.labels))), None)
-        calls = pred.calls(probs)
-        k = 0
-        for j in range(len(ok)):
-            path = todo[int(b['index'][j])]
-            row = {c: ('' if c in TEXT_COLUMNS else float('nan')) for c in cols}
-            row.update(path=str(path), sop_instance_uid=b['uid'][j], status=b['status'][j], reason=b['reason'][j],
-                       checkpoint=pred.sha)
-            if ok[j]:
-                p, c = probs[k], calls[k]
-                row.update({f'prob_{l}': float(p[i]) for i, l in enumerate(pred.labels)})
-                row.update({f'call_{l}': int(c[i]) for i, l in enumerate(pred.labels)})
-                row['findings'] = '|'.join(l for i, l in enumerate(pred.labels) if c[i] == 1) or 'none called'
-                row['max_probability'] = float(p.max())
-                img = _unnormalise(b['image'][j], pred.preprocessing)
-                key = _key(path)
-                atomic_write(out / 'images' / f'{key}.png', writer=lambda t, img=img: Image.fromarray(
-                    np.round(img * 255).astype(np.uint8)).resize((256, 256)).save(t, format='PNG'))
-                if maps is not None:
-                    show = {i for i in range(len(c)) if c[i] == 1} | set(np.argsort(-p)[:top_k].tolist())
-                    for i in sorted(show):
-                        atomic_write(out / 'maps' / f'{key}__{pred.labels[i]}.png',
-                                     writer=lambda t, i=i: _overlay(img, maps[k, i]).save(t, format='PNG'))
-                k += 1
-            rows.append(row)
-        atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))  # every finished row survives
-    atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))
-    table = read_predictions(csv)  # the same types on every run, fresh or resumed
-    write_report(table, pred, out)
-    return table
-
 # %% ../nbs/07_predict.ipynb #a1af2d3e
 def _data_uri(path: Path) -> str:
     return 'data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() if path.is_file() else ''
@@ -374,6 +316,64 @@ def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path) -> Path:
         )
     parts.append('</body></html>')
     return atomic_write(out / 'report.html', '\n'.join(parts))
+
+# %% ../nbs/07_predict.ipynb #a8ee6d23
+def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by training
+                  inputs: Sequence[str | Path],  # files and folders
+                  out: str | Path,  # the report folder
+                  threshold: float | None = None,  # one threshold for every label (default: the stored ones)
+                  operating_point: str = 'youden',  # 'youden' or 'sens90'
+                  top_k: int = 0,  # maps also for the k most probable labels of each image, called or not
+                  redo: bool = False,  # predict again images already in `predictions.csv` for this checkpoint
+                  batch_size: int = 16, workers: int = 2, device: str = 'auto', progress: bool = True,
+                 ) -> pd.DataFrame:
+    "Predict every input; write `predictions.csv`, map overlays and `report.html` into `out`; return the table."
+    out = Path(out); (out / 'maps').mkdir(parents=True, exist_ok=True); (out / 'images').mkdir(exist_ok=True)
+    pred = Predictor(checkpoint, device, threshold, operating_point)
+    paths = find_inputs(inputs, exclude=out)
+    cols, csv = _columns(pred.labels), out / 'predictions.csv'
+    old = read_predictions(csv) if csv.is_file() else pd.DataFrame(columns=cols)
+    if len(old) and list(old.columns) != cols:
+        raise ValueError(f'{csv} was written for other labels; use another --out folder.')
+    same = old['checkpoint'].astype(str) == pred.sha
+    done = set() if redo else set(old.loc[same, 'path'])
+    todo = [p for p in paths if str(p) not in done]
+    keep = old[~old['path'].isin([str(p) for p in todo])]
+    rows = keep.to_dict('records')
+    size = int(pred.preprocessing['img_size'])
+    loader = DataLoader(_Inputs(todo, pred.transform, size), batch_size=batch_size, num_workers=workers if todo else 0)
+    for b in tqdm(loader, desc='ltvit_predict', total=len(loader), unit='batch', disable=not progress):
+        ok = np.array([s == 'ok' for s in b['status']])
+        probs, maps = pred(b['image'][torch.from_numpy(ok)]) if ok.any() else (np.zeros((0, len(pred.labels))), None)
+        calls = pred.calls(probs)
+        k = 0
+        for j in range(len(ok)):
+            path = todo[int(b['index'][j])]
+            row = {c: ('' if c in TEXT_COLUMNS else float('nan')) for c in cols}
+            row.update(path=str(path), sop_instance_uid=b['uid'][j], status=b['status'][j], reason=b['reason'][j],
+                       checkpoint=pred.sha)
+            if ok[j]:
+                p, c = probs[k], calls[k]
+                row.update({f'prob_{l}': float(p[i]) for i, l in enumerate(pred.labels)})
+                row.update({f'call_{l}': int(c[i]) for i, l in enumerate(pred.labels)})
+                row['findings'] = '|'.join(l for i, l in enumerate(pred.labels) if c[i] == 1) or 'none called'
+                row['max_probability'] = float(p.max())
+                img = _unnormalise(b['image'][j], pred.preprocessing)
+                key = _key(path)
+                atomic_write(out / 'images' / f'{key}.png', writer=lambda t, img=img: Image.fromarray(
+                    np.round(img * 255).astype(np.uint8)).resize((256, 256)).save(t, format='PNG'))
+                if maps is not None:
+                    show = {i for i in range(len(c)) if c[i] == 1} | set(np.argsort(-p)[:top_k].tolist())
+                    for i in sorted(show):
+                        atomic_write(out / 'maps' / f'{key}__{pred.labels[i]}.png',
+                                     writer=lambda t, i=i: _overlay(img, maps[k, i]).save(t, format='PNG'))
+                k += 1
+            rows.append(row)
+        atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))  # every finished row survives
+    atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))
+    table = read_predictions(csv)  # the same types on every run, fresh or resumed
+    write_report(table, pred, out)
+    return table
 
 # %% ../nbs/07_predict.ipynb #17a7bac1
 def _parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from .grid import Grid, run_state
 from .metrics import bootstrap_indices, fast_auc, percentile_interval
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'run_table',
-           'ResultTable', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
+__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'ResultTable',
+           'run_table', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
            'seed_table', 'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level',
            'verdict', 'page_verdict']
 
@@ -61,33 +61,6 @@ def collect(grid: Grid, root: str | Path, **select) -> list[RunResult]:
         tag = next(t for t in r.tags if all(t.get(k) == v for k, v in select.items()))
         out.append(read_run(grid, r.name, root, tag))
     return out
-
-# %% ../nbs/06b_results.ipynb #608fe84c
-def run_table(grid: Grid, root: str | Path, name: str,
-              select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
-              index: Sequence[str],  # tag fields that name a row, e.g. ('dataset', 'model')
-              columns: dict[str, Callable[[dict], object]],  # column -> value from a run's metrics.json
-              formats: dict | None = None,
-              tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is (e.g. the weights' source)
-             ) -> ResultTable:
-    "One row per selected run; missing runs give rows of NaN."
-    runs = collect(grid, root, **select)
-    rows, src, tag_columns = {}, {}, dict(tag_columns or {})
-    for r in runs:
-        key = tuple(r.tag[k] for k in index); key = key[0] if len(key) == 1 else key
-        if key in rows: raise ValueError(f'{name}: two runs share the row {key!r} ({src[key][0]}, {r.name}).')
-        rows[key] = {c: (f(r.metrics) if r.finished else float('nan')) for c, f in columns.items()}
-        rows[key].update({c: r.tag.get(t, '') for c, t in tag_columns.items()})
-        src[key] = (r.name,)
-    cols = list(columns) + list(tag_columns)
-    idx = (
-        pd.MultiIndex.from_tuples(list(rows), names=list(index))
-        if len(index) > 1
-        else pd.Index(list(rows), name=index[0])
-    )
-    values = pd.DataFrame(list(rows.values()), index=idx, columns=cols)
-    sources = pd.DataFrame([[src[k]] * len(cols) for k in rows], index=idx, columns=cols)
-    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #22460d51
 MISSING = 'missing'
@@ -148,6 +121,33 @@ class ResultTable:
         return f.to_markdown(index=False, disable_numparse=True, colalign=align) + '\n'
 
     def _repr_markdown_(self): return '\n\n'.join(s for s in (self.missing_report(), self.to_markdown()) if s)
+
+# %% ../nbs/06b_results.ipynb #608fe84c
+def run_table(grid: Grid, root: str | Path, name: str,
+              select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
+              index: Sequence[str],  # tag fields that name a row, e.g. ('dataset', 'model')
+              columns: dict[str, Callable[[dict], object]],  # column -> value from a run's metrics.json
+              formats: dict | None = None,
+              tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is (e.g. the weights' source)
+             ) -> ResultTable:
+    "One row per selected run; missing runs give rows of NaN."
+    runs = collect(grid, root, **select)
+    rows, src, tag_columns = {}, {}, dict(tag_columns or {})
+    for r in runs:
+        key = tuple(r.tag[k] for k in index); key = key[0] if len(key) == 1 else key
+        if key in rows: raise ValueError(f'{name}: two runs share the row {key!r} ({src[key][0]}, {r.name}).')
+        rows[key] = {c: (f(r.metrics) if r.finished else float('nan')) for c, f in columns.items()}
+        rows[key].update({c: r.tag.get(t, '') for c, t in tag_columns.items()})
+        src[key] = (r.name,)
+    cols = list(columns) + list(tag_columns)
+    idx = (
+        pd.MultiIndex.from_tuples(list(rows), names=list(index))
+        if len(index) > 1
+        else pd.Index(list(rows), name=index[0])
+    )
+    values = pd.DataFrame(list(rows.values()), index=idx, columns=cols)
+    sources = pd.DataFrame([[src[k]] * len(cols) for k in rows], index=idx, columns=cols)
+    return ResultTable(name, values, sources, {r.name: r for r in runs}, grid, Path(root), dict(formats or {}))
 
 # %% ../nbs/06b_results.ipynb #bd78916c
 @patch

@@ -159,10 +159,6 @@ def _notebook_shape():
     return shape
 
 
-# Notebooks whose examples are not yet interleaved with their definitions (their examples still come at the end).
-EXAMPLES_AT_THE_END = {'07_predict.ipynb'}
-
-
 def test_export_cells_are_small_and_hold_one_definition():
     import statistics
     shape = _notebook_shape()
@@ -176,12 +172,12 @@ def test_every_definition_has_an_example_nearby_and_every_public_name_is_shown()
     import importlib
     import re
     shape = _notebook_shape()
-    long = {nb: [n for n in s['stretches'] if n > 80] for nb, s in shape.items() if nb not in EXAMPLES_AT_THE_END}
+    long = {nb: [n for n in s['stretches'] if n > 80] for nb, s in shape.items()}
     assert not any(long.values()), long
     unshown = []
     for nb, s in shape.items():
-        if nb in EXAMPLES_AT_THE_END: continue
-        mod = re.search(r'#\|\s*default_exp\s+(\S+)', (ROOT / 'nbs' / nb).read_text().replace('\\n', '\n'))
+        sources = [''.join(c['source']) for c in json.loads((ROOT / 'nbs' / nb).read_text())['cells']]
+        mod = next((m for src in sources if (m := re.search(r'^#\|\s*default_exp\s+(\S+)', src, re.M))), None)
         if not mod: continue
         for name in getattr(importlib.import_module(f'ltvit.{mod.group(1)}'), '__all__', []):
             if not re.search(rf'\b{re.escape(name)}\b', s['examples']): unshown.append(f'{nb}: {name}')
