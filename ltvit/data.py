@@ -65,12 +65,21 @@ class _ToMode:
     def __call__(self, im): return im.convert(self.mode)
     def __repr__(self): return f'ToMode({self.mode!r})'
 
+# %% ../nbs/01_data.ipynb #685b0a0e
+def _per_channel(name: str, v, channels: int) -> tuple[float, ...]:
+    "A normalisation constant per channel, from one value or one per channel (timm's `pretrained_cfg` form)."
+    vals = [v] if np.isscalar(v) else list(v)
+    if len(vals) == 1: vals = vals * channels
+    if len(vals) != channels or not all(np.isfinite(float(x)) for x in vals):
+        raise ValueError(f'{name}={v!r}: expected one finite number or {channels} (one per channel).')
+    return tuple(float(x) for x in vals)
+
 # %% ../nbs/01_data.ipynb #0e0b55ef
 def make_transform(img_size: int = 224,  # output size (square)
                    train: bool = False,  # training-time augmentation?
                    channels: int = 3,  # the model's input channels: 3 (grey replicated) or 1
-                   mean: float = CXR_MEAN,  # normalisation mean (same for every channel)
-                   std: float = CXR_STD,  # normalisation std
+                   mean: float | Sequence[float] = CXR_MEAN,  # normalisation mean: one value, or one per channel
+                   std: float | Sequence[float] = CXR_STD,  # normalisation std: one value, or one per channel
                    augment: str | None = 'rand-m6-mstd0.5',  # timm RandAugment spec for training; None for none
                    scale: tuple[float, float] = (0.5, 1.0),  # random-resized-crop area range for training
                    hflip: float = 0.0,  # horizontal flip probability (off: flips move the heart)
@@ -78,7 +87,9 @@ def make_transform(img_size: int = 224,  # output size (square)
                   ) -> Callable:
     "A transform from an 8-bit greyscale PIL image to a normalised `(channels, img_size, img_size)` tensor."
     if channels not in (1, 3): raise ValueError(f'channels must be 1 or 3, got {channels}.')
-    kw = dict(input_size=(channels, img_size, img_size), mean=(mean,) * channels, std=(std,) * channels,
+    mean, std = _per_channel('mean', mean, channels), _per_channel('std', std, channels)
+    if min(std) <= 0: raise ValueError(f'std={std}: every channel needs a positive std.')
+    kw = dict(input_size=(channels, img_size, img_size), mean=mean, std=std,
               interpolation=interpolation)
     if train:
         aug = None if augment in (None, '', 'none') else augment

@@ -10,19 +10,25 @@ import base64
 import copy
 import hashlib
 import html
+import json
+import math
+import os
+import struct
 import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
 import pandas as pd
+import pydicom
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .core import atomic_write, get_device
+from .core import atomic_write, get_device, write_json
 from .data import load_image, make_transform
 from .interpret import attention_maps
 from .checkpoint import checkpoint_metadata, load_model
@@ -30,27 +36,40 @@ from .model import LTViT
 from .metrics import OPERATING_POINTS
 
 # %% auto #0
-__all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'TEXT_COLUMNS', 'ImageRejected', 'is_dicom', 'read_dicom', 'read_any',
-           'write_test_dicom', 'Predictor', 'find_inputs', 'read_predictions', 'write_report', 'predict_files', 'main',
-           'ExportWrapper', 'export_onnx', 'export_main']
+__all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'CHEST_MODALITIES', 'CHEST_SOP_CLASSES', 'ALLOW', 'NO_DICOM', 'TEXT_COLUMNS',
+           'ImageRejected', 'is_dicom', 'check_dicom', 'write_test_dicom', 'read_dicom', 'read_any', 'Predictor',
+           'find_inputs', 'read_predictions', 'write_report', 'predict_files', 'main', 'ExportWrapper', 'export_onnx',
+           'export_main']
 
 # %% ../nbs/07_predict.ipynb #ba296445
 LATERAL_VIEWS = frozenset({'LL', 'RL', 'LAT', 'LATERAL', 'LLD', 'RLD', 'XTABLE LATERAL'})
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.dicom')  # kept from folders (and reported if unusable)
+CHEST_MODALITIES = ('CR', 'DX')  # computed and digital radiography
+CHEST_SOP_CLASSES = {  # the single-frame image storage classes a chest film comes in
+    '1.2.840.10008.5.1.4.1.1.1': 'Computed Radiography Image Storage',
+    '1.2.840.10008.5.1.4.1.1.1.1': 'Digital X-Ray Image Storage - For Presentation',
+    '1.2.840.10008.5.1.4.1.1.1.1.1': 'Digital X-Ray Image Storage - For Processing',
+    '1.2.840.10008.5.1.4.1.1.7': 'Secondary Capture Image Storage'}
+ALLOW = ('modality', 'body_part', 'sop_class', 'view')  # the checks `--allow` may switch off
 
 # %% ../nbs/07_predict.ipynb #cc139df8
 class ImageRejected(Exception):
-    "An input that cannot be predicted: `status` (a short code) and a reason for the report."
+    "An input that cannot be predicted: `status` (a short code) and a one-line reason for the report."
     def __init__(self, status: str, reason: str):
+        reason = ' '.join(str(reason).split())  # one line, whatever the underlying message held
         super().__init__(f'{status}: {reason}'); self.status, self.reason = status, reason
 
 # %% ../nbs/07_predict.ipynb #0c8ce28c
 def is_dicom(path: str | Path) -> bool:
-    "Whether `path` is a DICOM Part 10 file: the `DICM` marker after the 128-byte preamble."
+    "Whether `path` holds DICOM: the `DICM` marker after the 128-byte preamble, or a data set without preamble."
     try:
         with open(path, 'rb') as f: head = f.read(132)
     except OSError: return False
-    return len(head) == 132 and head[128:] == b'DICM'
+    if len(head) == 132 and head[128:] == b'DICM': return True
+    if len(head) < 8: return False
+    group, element = struct.unpack('<HH', head[:4])  # a bare data set starts with a group 0002 or 0008 element
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    return group in (0x0002, 0x0008) and element < 0x0100 and (explicit or struct.unpack('<I', head[4:8])[0] < 1024)
 
 # %% ../nbs/07_predict.ipynb #0e4860ac
 def _dicom_pixels(ds) -> np.ndarray:
@@ -76,39 +95,39 @@ def _dicom_pixels(ds) -> np.ndarray:
     y = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
     return 1.0 - y if str(ds.get('PhotometricInterpretation', '')).upper() == 'MONOCHROME1' else y
 
-# %% ../nbs/07_predict.ipynb #791bdc0b
-def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
-    "A DICOM file as an 8-bit greyscale array and its identifiers; `ImageRejected` says why one cannot be used."
-    import pydicom
-    try: ds = pydicom.dcmread(str(path))
-    except Exception as e:
-        raise ImageRejected('unreadable', f'not a readable DICOM file ({type(e).__name__}: {e})') from e
-    info = {'sop_instance_uid': str(ds.get('SOPInstanceUID', '')), 'view': str(ds.get('ViewPosition', '')).strip()}
-    if 'PixelData' not in ds: raise ImageRejected('no pixels', 'the DICOM file has no pixel data')
-    if info['view'].upper() in LATERAL_VIEWS:
-        raise ImageRejected('lateral view', f"ViewPosition is {info['view']}; the model reads frontal (PA/AP) films")
-    try: y = _dicom_pixels(ds)
-    except ImageRejected: raise
-    except Exception as e:
-        raise ImageRejected(
-            'undecodable',
-            f'pixel data could not be decoded ({type(e).__name__}: {str(e)[:200]}); '
-            'compressed files need pydicom\'s plug-ins (pip install pylibjpeg pylibjpeg-libjpeg)',
-        ) from e
-    return np.round(y * 255).astype(np.uint8), info
-
-# %% ../nbs/07_predict.ipynb #bb6e479c
-def read_any(path: str | Path) -> tuple[np.ndarray, dict]:
-    "Any input as an 8-bit greyscale array and its identifiers: DICOM by content, else PNG/JPEG through PIL."
-    path = Path(path)
-    if is_dicom(path): return read_dicom(path)
-    try: return load_image(path), {'sop_instance_uid': '', 'view': ''}
-    except Exception as e: raise ImageRejected('unreadable', f'not a readable PNG, JPEG or DICOM image ({e})') from e
+# %% ../nbs/07_predict.ipynb #1c39fbc1
+def check_dicom(ds, allow: Sequence[str] = ()) -> dict:
+    "A DICOM data set's identifiers if it is a frontal chest radiograph (the rule above), else `ImageRejected`."
+    if bad := set(allow) - set(ALLOW): raise ValueError(f'allow={sorted(bad)}: expected some of {ALLOW}.')
+    get = lambda k: ' '.join(str(ds.get(k, '') or '').split())
+    info = {'sop_instance_uid': get('SOPInstanceUID'), 'study_uid': get('StudyInstanceUID'),
+            'series_uid': get('SeriesInstanceUID'), 'accession': get('AccessionNumber'),
+            'patient': hashlib.sha256(get('PatientID').encode()).hexdigest()[:12] if get('PatientID') else '',
+            'modality': get('Modality'), 'view': get('ViewPosition'), 'body_part': get('BodyPartExamined'),
+            'date': get('AcquisitionDate') or get('StudyDate')}
+    sop = get('SOPClassUID') or str(getattr(ds, 'file_meta', {}).get('MediaStorageSOPClassUID', '') or '')
+    problem = None
+    if 'modality' not in allow and info['modality'].upper() not in CHEST_MODALITIES:
+        problem = ('wrong modality', f"Modality is {info['modality'] or 'missing'}; the model reads chest radiographs "
+                   '(CR or DX); --allow modality overrides')
+    elif 'body_part' not in allow and info['body_part'].upper() not in ('', 'CHEST'):
+        problem = ('wrong body part', f"BodyPartExamined is {info['body_part']}; the model reads the chest; "
+                   '--allow body_part overrides')
+    elif 'sop_class' not in allow and sop not in CHEST_SOP_CLASSES:
+        problem = ('wrong SOP class', f"SOP class {pydicom.uid.UID(sop).name if sop else 'missing'}; expected a "
+                   'single-frame CR, DX or secondary capture image; --allow sop_class overrides')
+    elif 'view' not in allow and info['view'].upper() in LATERAL_VIEWS:
+        problem = ('lateral view', f"ViewPosition is {info['view']}; the model reads frontal (PA/AP) films; "
+                   '--allow view overrides')
+    if problem:
+        e = ImageRejected(*problem); e.info = info; raise e  # rejected rows keep their identifiers
+    return info
 
 # %% ../nbs/07_predict.ipynb #03afec01
 def write_test_dicom(path: str | Path, pixels: np.ndarray, photometric: str = 'MONOCHROME2', view: str = 'PA',
                      bits: int | None = None, window: tuple[float, float] | None = None,
-                     rescale: tuple[float, float] | None = None, with_pixels: bool = True) -> Path:
+                     rescale: tuple[float, float] | None = None, with_pixels: bool = True, modality: str = 'DX',
+                     body_part: str = 'CHEST', preamble: bool = True) -> Path:
     "Write a minimal greyscale DICOM (uncompressed, explicit little endian): for tests and examples."
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -116,7 +135,8 @@ def write_test_dicom(path: str | Path, pixels: np.ndarray, photometric: str = 'M
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b'\0' * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, 'DX'
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, modality
+    ds.BodyPartExamined = body_part
     ds.PatientID, ds.ViewPosition = 'TEST', view
     pixels = np.ascontiguousarray(pixels)
     bits = bits or 8 * pixels.dtype.itemsize
@@ -127,7 +147,96 @@ def write_test_dicom(path: str | Path, pixels: np.ndarray, photometric: str = 'M
     if rescale: ds.RescaleSlope, ds.RescaleIntercept = rescale
     if with_pixels: ds.PixelData = pixels.tobytes()
     ds.save_as(str(path), enforce_file_format=True)
+    if not preamble:  # a bare data set, as some archives export: no preamble, no file meta (explicit VR little endian)
+        data = Path(path).read_bytes()
+        meta_end = 132 + 12 + int.from_bytes(data[140:144], 'little')  # after (0002,0000), the meta group's length
+        Path(path).write_bytes(data[meta_end:])
     return Path(path)
+
+# %% ../nbs/07_predict.ipynb #c655dbdf
+def _truncated(ds, path: Path) -> ImageRejected | None:
+    "An incomplete copy: the file ends inside its last data element or inside its header; else None."
+    last = ds.get_item(list(ds.keys())[-1]) if len(ds) else None
+    value = getattr(last, 'value', None)
+    if isinstance(value, bytes) and last.length not in (None, 0xFFFFFFFF) and len(value) < last.length:
+        return ImageRejected('truncated', f'the file ends inside element {last.tag} ({len(value)} of {last.length} '
+                             'bytes): an incomplete copy')
+    with open(path, 'rb') as f: preamble = f.read(132)[128:] == b'DICM'
+    if preamble and 'TransferSyntaxUID' not in ds.file_meta:
+        return ImageRejected('truncated', 'the file ends inside its header (no transfer syntax): an incomplete copy')
+    return None
+
+# %% ../nbs/07_predict.ipynb #17185854
+def _pixels_problem(ds) -> ImageRejected | None:
+    "Why a data set's pixels are not one greyscale frame (none, colour, several frames), or None."
+    if 'PixelData' not in ds: return ImageRejected('no pixels', 'the DICOM object holds no image (no pixel data)')
+    photometric = str(ds.get('PhotometricInterpretation', '')).upper()
+    if photometric not in ('MONOCHROME1', 'MONOCHROME2'):
+        return ImageRejected('colour image', f'PhotometricInterpretation is {photometric or "missing"}; a chest film is '
+                             'greyscale (MONOCHROME1 or MONOCHROME2)')
+    if int(ds.get('NumberOfFrames', 1) or 1) > 1:
+        return ImageRejected('multi-frame', f'{ds.NumberOfFrames} frames; a chest film is one frame')
+    return None
+
+# %% ../nbs/07_predict.ipynb #eef36e4f
+def _undecodable(ds, e: Exception) -> ImageRejected:
+    "Why pixel data could not be decoded: the transfer syntax, and the plug-in it needs when none is installed."
+    from pydicom.pixels.decoders.base import get_decoder
+    ts = ds.file_meta.get('TransferSyntaxUID')
+    name = ts.name if ts else 'an unknown transfer syntax'
+    try: decoder = get_decoder(ts)
+    except Exception: return ImageRejected('undecodable', f'{name} is not a transfer syntax pydicom decodes')
+    if not decoder.is_available:
+        return ImageRejected('undecodable', f'{name} needs a decoder plug-in: {"; ".join(decoder.missing_dependencies)}')
+    return ImageRejected('undecodable', f'{name}: the pixel data are corrupt ({type(e).__name__}: {str(e)[:160]})')
+
+# %% ../nbs/07_predict.ipynb #791bdc0b
+def read_dicom(path: str | Path, allow: Sequence[str] = ()) -> tuple[np.ndarray, dict]:
+    "A chest film's DICOM as an 8-bit greyscale array and its identifiers; `ImageRejected` says why one cannot be used."
+    path = Path(path)
+    with open(path, 'rb') as f: marked = f.read(132)[128:] == b'DICM'  # the file says it is DICOM
+    try: ds = pydicom.dcmread(path, force=True)
+    except Exception as e:
+        if marked: raise ImageRejected('truncated', f'the file breaks off inside its header ({type(e).__name__}: {e}): '
+                                       'an incomplete or damaged copy') from e
+        raise ImageRejected('unreadable', f'not a readable DICOM file ({type(e).__name__}: {e})') from e
+    if not len(ds):
+        if marked: raise ImageRejected('truncated', 'the file ends inside its header: an incomplete copy')
+        raise ImageRejected('unreadable', 'no DICOM data elements could be read')
+    if problem := _truncated(ds, path): raise problem
+    if 'TransferSyntaxUID' not in ds.file_meta and ds.original_encoding[0] is not None:  # a data set without preamble
+        implicit = ds.original_encoding[0]
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    info = check_dicom(ds, allow)
+    if problem := _pixels_problem(ds): problem.info = info; raise problem
+    try: y = _dicom_pixels(ds)
+    except ImageRejected: raise
+    except Exception as e:
+        problem = _undecodable(ds, e); problem.info = info; raise problem from e
+    return np.round(y * 255).astype(np.uint8), info
+
+# %% ../nbs/07_predict.ipynb #bb6e479c
+NO_DICOM = {'sop_instance_uid': '', 'study_uid': '', 'series_uid': '', 'accession': '', 'patient': '', 'modality': '',
+            'view': '', 'body_part': '', 'date': ''}  # the identifiers of a PNG or JPEG: none
+
+# %% ../nbs/07_predict.ipynb #3812089a
+def read_any(path: str | Path, allow: Sequence[str] = ()) -> tuple[np.ndarray, dict]:
+    "Any input as an 8-bit greyscale array and its identifiers: DICOM by content, else PNG/JPEG through PIL, checked."
+    path = Path(path)
+    if is_dicom(path): return read_dicom(path, allow)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            rgb = np.asarray(im.convert('RGB'), np.int16) if mode in ('RGB', 'RGBA', 'P', 'PA', 'CMYK', 'YCbCr') else None
+        arr = load_image(path)
+    except Exception as e: raise ImageRejected('unreadable', f'not a readable PNG, JPEG or DICOM image ({e})') from e
+    if min(arr.shape) < 32: raise ImageRejected('too small', f'{arr.shape[1]}x{arr.shape[0]} pixels; a chest film is larger')
+    if float(arr.std()) < 2:
+        raise ImageRejected('blank', f'the image is uniform (grey level {arr.mean():.0f}, std {arr.std():.2f})')
+    spread = 0.0 if rgb is None else float(np.abs(rgb - rgb.mean(-1, keepdims=True)).mean())
+    if spread > 8: raise ImageRejected('colour image', f'a colour {mode} image (channels differ by {spread:.0f} grey '
+                                       'levels on average); a chest film is greyscale')
+    return arr, dict(NO_DICOM)
 
 # %% ../nbs/07_predict.ipynb #f3798e7c
 def _sha(path: Path) -> str:
@@ -135,6 +244,25 @@ def _sha(path: Path) -> str:
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:16]
+
+# %% ../nbs/07_predict.ipynb #9dc74f26
+def _cfg_preprocessing(model, checkpoint: Path) -> dict:
+    "The preprocessing a checkpoint without one implies: its model's timm `pretrained_cfg` (size, mean, std), said aloud."
+    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+    if not cfg.get('input_size') or cfg.get('mean') is None or cfg.get('std') is None:
+        raise ValueError(f'{checkpoint} records no preprocessing and its model has no pretrained_cfg to read one from; '
+                         're-save it with save_model(model, path, preprocessing=dict(img_size=..., channels=3, '
+                         'mean=..., std=...)).')
+    c, h, w = cfg['input_size']
+    pe = getattr(model, 'patch_embed', None)  # the size the model was built for, where timm's cfg keeps the default
+    h, w = pe.img_size if pe is not None and getattr(pe, 'img_size', None) else (h, w)
+    chans = int(pe.proj.in_channels) if pe is not None else int(c)
+    fit = lambda v: list(v) if len(v) == chans else [float(v[0])] * chans  # a grey model: one channel
+    pre = dict(img_size=int(h), channels=chans, mean=fit(cfg['mean']), std=fit(cfg['std']),
+               interpolation=cfg.get('interpolation', 'bicubic'))
+    print(f'{checkpoint.name}: no stored preprocessing; using the model\'s size ({h}x{w} px) and pretrained_cfg:, mean {pre["mean"]}, '
+          f'std {pre["std"]}.')
+    return pre
 
 # %% ../nbs/07_predict.ipynb #132e4e27
 class Predictor:
@@ -151,12 +279,7 @@ class Predictor:
         self.model = load_model(self.checkpoint).eval().to(self.device)
         names = getattr(self.model, 'label_names', None)
         self.labels = list(names or [f'label_{i}' for i in range(self.model.num_classes)])
-        pre = meta.get('preprocessing')
-        if not pre:
-            raise ValueError(
-                f'{self.checkpoint} records no preprocessing (written before ltvit stored it); re-save it with '
-                'save_model(model, path, preprocessing=dict(img_size=..., channels=3, mean=..., std=...)).'
-            )
+        pre = meta.get('preprocessing') or _cfg_preprocessing(self.model, self.checkpoint)
         self.preprocessing = pre
         self.transform = make_transform(pre['img_size'], channels=pre['channels'], mean=pre['mean'], std=pre['std'],
                                         interpolation=pre.get('interpolation', 'bicubic'))
@@ -191,38 +314,52 @@ class Predictor:
 
 # %% ../nbs/07_predict.ipynb #93ccc414
 def find_inputs(inputs: Sequence[str | Path], exclude: str | Path | None = None) -> list[Path]:
-    "The files to predict: files as named; under folders (recursively) image suffixes, and DICOM by content."
+    "Every input to account for: files as named (missing ones too); under folders, image suffixes and DICOM by content."
     out, skip = [], Path(exclude).resolve() if exclude else None
     for i in inputs:
-        p = Path(i)
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob('*') if q.is_file()):
+        p = Path(os.fsdecode(i) if isinstance(i, bytes) else i)
+        if not p.is_dir(): out.append(p); continue  # a missing file gets its row: status 'missing'
+        for top, dirs, files in os.walk(p, onerror=lambda e: out.append(Path(e.filename))):  # unreadable folders too
+            dirs.sort()
+            for name in sorted(files):
+                f = Path(top) / name
                 if skip and skip in f.resolve().parents: continue  # the report folder itself
                 if f.suffix.lower() in IMAGE_SUFFIXES or is_dicom(f): out.append(f)
-        elif p.is_file(): out.append(p)
-        else: raise FileNotFoundError(f'Input not found: {p}')
-    return list(dict.fromkeys(out))
+    first = {}
+    for p in out: first.setdefault(p.resolve(), p)  # one entry per file, however its path was written
+    return list(first.values())
 
 # %% ../nbs/07_predict.ipynb #f3a247dd
 class _Inputs(Dataset):
-    "Decoded, transformed images (in loader workers); an unusable file gives a zero image and its status."
-    def __init__(self, paths: Sequence[Path], transform, size: int):
-        self.paths, self.transform, self.size = list(paths), transform, size
+    "Decoded, transformed images (in loader workers); an unusable input gives a zero image, its status and reason."
+    def __init__(self, paths: Sequence[Path], shas: Sequence[str], transform, size: int, allow: Sequence[str] = ()):
+        self.paths, self.shas, self.transform, self.size, self.allow = list(paths), list(shas), transform, size, tuple(allow)
     def __len__(self): return len(self.paths)
+    def _read(self, p: Path):
+        if p.is_dir(): raise ImageRejected('unreadable folder', 'the folder cannot be listed (permissions)')
+        if not p.exists(): raise ImageRejected('missing', 'no such file')
+        arr, info = read_any(p, self.allow)
+        return self.transform(Image.fromarray(arr)), info
     def __getitem__(self, i):
+        item = {'index': i, 'sha': self.shas[i]}
         try:
-            arr, info = read_any(self.paths[i])
-            return {'image': self.transform(Image.fromarray(arr)), 'index': i, 'status': 'ok', 'reason': '',
-                    'uid': info['sop_instance_uid']}
-        except ImageRejected as e:
-            return {'image': torch.zeros(3, self.size, self.size), 'index': i, 'status': e.status, 'reason': e.reason,
-                    'uid': ''}
+            x, info = self._read(self.paths[i])
+            return {**item, 'image': x, 'status': 'ok', 'reason': '', 'info': info}
+        except Exception as e:  # nothing one input does stops the batch
+            e = e if isinstance(e, ImageRejected) else ImageRejected('unreadable', f'{type(e).__name__}: {e}')
+            return {**item, 'image': torch.zeros(3, self.size, self.size), 'status': e.status, 'reason': e.reason,
+                    'info': getattr(e, 'info', None) or dict(NO_DICOM)}
 
 # %% ../nbs/07_predict.ipynb #4275e509
+def _path_text(path: Path) -> str:
+    "The resolved path as text that any file name survives (bytes that are not UTF-8 escaped): the CSV's `path`."
+    return os.fsencode(path.resolve()).decode('utf-8', 'backslashreplace')
+
+# %% ../nbs/07_predict.ipynb #f09b491b
 def _key(path: Path) -> str:
     "A file-name-safe key of an input path (its name and a hash of where it is)."
-    stem = ''.join(c if c.isalnum() or c in '-_' else '_' for c in path.stem)[:40]
-    return f'{stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}'
+    stem = ''.join(c if c.isascii() and (c.isalnum() or c in '-_') else '_' for c in path.stem)[:40]
+    return f'{stem}-{hashlib.sha1(os.fsencode(path.resolve())).hexdigest()[:8]}'
 
 # %% ../nbs/07_predict.ipynb #8cb09a15
 def _overlay(image: np.ndarray,  # `(H, W)` in [0, 1]
@@ -239,10 +376,12 @@ def _overlay(image: np.ndarray,  # `(H, W)` in [0, 1]
 
 # %% ../nbs/07_predict.ipynb #07dcfdd8
 def _unnormalise(x: torch.Tensor, pre: dict) -> np.ndarray:
-    return np.clip(x[0].numpy() * pre['std'] + pre['mean'], 0, 1)
+    mean, std = (float(np.ravel(pre[k])[0]) for k in ('mean', 'std'))  # one value, or timm's one per channel
+    return np.clip(x[0].numpy() * std + mean, 0, 1)
 
 # %% ../nbs/07_predict.ipynb #ed96290a
-TEXT_COLUMNS = ('path', 'sop_instance_uid', 'status', 'reason', 'checkpoint', 'findings')
+TEXT_COLUMNS = ('path', 'file_sha', 'status', 'reason', 'checkpoint', 'decision', 'findings', 'sop_instance_uid',
+                'study_uid', 'series_uid', 'accession', 'patient', 'modality', 'view', 'body_part', 'date')
 
 # %% ../nbs/07_predict.ipynb #a4fc62b2
 def _columns(labels) -> list[str]:
@@ -263,7 +402,8 @@ def _data_uri(path: Path) -> str:
 _CSS = ('body{font-family:sans-serif;margin:24px;max-width:1200px}'
         '.img{border:1px solid #ccc;margin:16px 0;padding:12px} table{border-collapse:collapse;font-size:13px}'
         'td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left} .pos{font-weight:bold;color:#b00}'
-        '.maps img{margin:4px} figure{display:inline-block;margin:4px} figcaption{font-size:12px;text-align:center}')
+        '.maps img{margin:4px} figure{display:inline-block;margin:4px} figcaption{font-size:12px;text-align:center}'
+        '.warn{background:#fff3cd;padding:6px 10px} .nav a,.nav b{margin:0 4px}')
 
 # %% ../nbs/07_predict.ipynb #bf2a70fb
 def _label_row(label: str, prob: float, call: int, threshold: float) -> str:
@@ -272,107 +412,152 @@ def _label_row(label: str, prob: float, call: int, threshold: float) -> str:
     return (f'<tr class="{"pos" if call == 1 else ""}"><td>{html.escape(label)}</td><td>{prob:.3f}</td><td>{thr}</td>'
             f'<td>{ {1: "positive", 0: "", -1: "n/a"}[call] }</td></tr>')
 
+# %% ../nbs/07_predict.ipynb #7e50fd3d
+def _report_head(pred: Predictor, n_ok: int, n_bad: int) -> str:
+    "The top of every report page: what was run, for what use, and how to read the maps."
+    esc = html.escape
+    return ('<!doctype html><html><head><meta charset="utf-8"><title>ltvit predictions</title><style>' + _CSS
+            + '</style></head><body><h1>Predictions</h1>'
+            '<p class="warn"><b>For research use only, not for diagnosis.</b> The model reads frontal chest radiographs '
+            '(CR or DX); other inputs are listed with the reason they were not predicted.</p>'
+            f'<p>Checkpoint <code>{esc(str(pred.checkpoint))}</code> (sha256 {pred.sha}); a finding is called when its '
+            f'probability reaches the threshold of {esc(pred.rule)} ("none": validation had no case of that finding, so '
+            f'it is never called). {n_ok} image(s) predicted, {n_bad} not usable; sorted by the highest probability.</p>'
+            '<p>Maps: the colour shows where the model looked for that finding, compared with looking everywhere '
+            'equally: none where it looked less than average, full colour where it looked four times as much. '
+            'A map shows attention, not the finding itself.</p>')
+
+# %% ../nbs/07_predict.ipynb #839db7c6
+def _image_block(r: dict, pred: Predictor, out: Path) -> str:
+    "One image of the report: its identifiers, calls, the image as the model saw it, its maps and its label table."
+    esc, key = html.escape, _key(Path(r['path']))
+    uid = f' &middot; SOP Instance UID {esc(str(r["sop_instance_uid"]))}' if r['sop_instance_uid'] else ''
+    rows = ''.join(_label_row(l, float(r[f'prob_{l}']), int(r[f'call_{l}']), pred.thresholds[l])
+                   for l in sorted(pred.labels, key=lambda l: -float(r[f'prob_{l}'])))
+    maps = ''
+    for f in sorted((out / 'maps').glob(f'{key}__*.png')):
+        label = f.stem.split('__')[-1]
+        prob = f' {float(r[f"prob_{label}"]):.2f}' if f'prob_{label}' in r else ''
+        maps += (f'<figure><img src="{_data_uri(f)}" width="200" alt="{esc(label)}">'
+                 f'<figcaption>{esc(label)}{prob}</figcaption></figure>')
+    return (f'<div class="img" data-path="{esc(r["path"])}"><h3>{esc(Path(r["path"]).name)}</h3>'
+            f'<p><code>{esc(r["path"])}</code>{uid}<br>Findings called: <b>{esc(r["findings"])}</b></p>'
+            f'<figure><img src="{_data_uri(out / "images" / f"{key}.png")}" width="256" alt="image">'
+            f'<figcaption>as the model saw it</figcaption></figure><div class="maps">{maps}</div>'
+            f'<table><tr><th>label</th><th>probability</th><th>threshold</th><th>call</th></tr>{rows}</table></div>')
+
 # %% ../nbs/07_predict.ipynb #536c3354
-def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path) -> Path:
-    "Write `report.html` (self-contained) for a predictions table."
+def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path, per_page: int = 100) -> Path:
+    "Write `report.html` (self-contained; `per_page` images a page, further pages `report-2.html`, ...) for a table."
     out, esc = Path(out), html.escape
     ok = table[table['status'] == 'ok'].copy()
     ok['max_probability'] = pd.to_numeric(ok['max_probability'])
     ok = ok.sort_values('max_probability', ascending=False)
     bad = table[table['status'] != 'ok']
-    parts = [
-        '<!doctype html><html><head><meta charset="utf-8"><title>ltvit predictions</title><style>'
-        + _CSS
-        + '</style></head><body>',
-        f'<h1>Predictions</h1><p>Checkpoint <code>{esc(str(pred.checkpoint))}</code> (sha256 {pred.sha}); calls at '
-        f'{esc(pred.rule)} ("none": the label had no positive in validation, so it is not called). {len(ok)} image(s) '
-        f'predicted, {len(bad)} not usable. Sorted by the highest probability. Maps: where the label token looked, '
-        'as density against a uniform map (full colour at 4x uniform).</p>',
-    ]
-    for r in ok.itertuples(index=False):
-        r = r._asdict()
-        key = _key(Path(r['path']))
-        uid = f' &middot; SOP Instance UID {esc(str(r["sop_instance_uid"]))}' if r['sop_instance_uid'] else ''
-        rows = ''.join(_label_row(l, float(r[f'prob_{l}']), int(r[f'call_{l}']), pred.thresholds[l])
-                       for l in sorted(pred.labels, key=lambda l: -float(r[f'prob_{l}'])))
-        maps = ''.join(f'<figure><img src="{_data_uri(f)}" width="200" alt="{esc(f.stem.split("__")[-1])}">'
-                       f'<figcaption>{esc(f.stem.split("__")[-1])}</figcaption></figure>'
-                       for f in sorted((out / 'maps').glob(f'{key}__*.png')))
-        parts.append(
-            f'<div class="img" data-path="{esc(r["path"])}"><h3>{esc(Path(r["path"]).name)}</h3>'
-            f'<p><code>{esc(r["path"])}</code>{uid}<br>Findings called: <b>{esc(r["findings"])}</b></p>'
-            f'<figure><img src="{_data_uri(out / "images" / f"{key}.png")}" width="256" alt="image">'
-            f'<figcaption>as the model saw it</figcaption></figure><div class="maps">{maps}</div>'
-            f'<table><tr><th>label</th><th>probability</th><th>threshold</th><th>call</th></tr>{rows}</table></div>'
-        )
-    if len(bad):
-        parts.append(
-            '<h2>Not predicted</h2><table><tr><th>file</th><th>status</th><th>reason</th></tr>'
-            + ''.join(
+    n_pages = max(1, math.ceil(len(ok) / per_page))
+    name = lambda i: 'report.html' if i == 0 else f'report-{i + 1}.html'
+    for old in out.glob('report-*.html'): old.unlink()  # pages of an earlier, longer table
+    for i in range(n_pages):
+        nav = ' '.join(f'<b>{j + 1}</b>' if j == i else f'<a href="{name(j)}">{j + 1}</a>' for j in range(n_pages))
+        parts = [_report_head(pred, len(ok), len(bad)), f'<p class="nav">Pages: {nav}</p>' if n_pages > 1 else '']
+        parts += [_image_block(r._asdict(), pred, out) for r in ok.iloc[i * per_page:(i + 1) * per_page].itertuples(index=False)]
+        if len(bad) and i == 0:
+            parts.append('<h2>Not predicted</h2><table><tr><th>file</th><th>status</th><th>reason</th></tr>' + ''.join(
                 f'<tr><td><code>{esc(r.path)}</code></td><td>{esc(r.status)}</td><td>{esc(str(r.reason))}</td></tr>'
-                for r in bad.itertuples()
-            )
-            + '</table>'
-        )
-    parts.append('</body></html>')
-    return atomic_write(out / 'report.html', '\n'.join(parts))
+                for r in bad.itertuples()) + '</table>')
+        atomic_write(out / name(i), '\n'.join(parts + ['</body></html>']))
+    return out / 'report.html' 
+
+# %% ../nbs/07_predict.ipynb #30c4e5a7
+def _folder_record(out: Path, pred: Predictor, redo: bool) -> None:
+    "Make `out` the folder of `pred`'s checkpoint and decision rule: refuse another's, or with `redo` empty it first."
+    this, record = {'checkpoint': pred.sha, 'decision': pred.rule, 'labels': pred.labels}, out / 'predict.json'
+    was = json.loads(record.read_text()) if record.is_file() else None
+    if was is not None and was != this:
+        if not redo:
+            raise ValueError(f"{out} holds predictions of checkpoint {was['checkpoint']} at {was['decision']}; this run "
+                             f'is checkpoint {pred.sha} at {pred.rule}. A folder belongs to one checkpoint and one '
+                             'decision rule: use another --out, or --redo to predict every input again with this one.')
+        for f in [out / 'predictions.csv', *(out / 'maps').glob('*.png'), *(out / 'images').glob('*.png')]: f.unlink(missing_ok=True)
+    write_json(record, this)
+
+# %% ../nbs/07_predict.ipynb #4dda23c4
+def _collate(items: list[dict]) -> dict:
+    "A batch: images stacked, everything else kept as lists."
+    return {'image': torch.stack([i['image'] for i in items]), **{k: [i[k] for i in items] for k in items[0] if k != 'image'}}
+
+# %% ../nbs/07_predict.ipynb #e330f8c3
+def _batch_rows(b: dict, todo: list[Path], pred: Predictor, cols: list[str], out: Path, top_k: int) -> list[dict]:
+    "The rows of one batch (every input, usable or not), with the overlays of the usable ones written."
+    ok = np.array([s == 'ok' for s in b['status']])
+    probs, maps = pred(b['image'][torch.from_numpy(ok)]) if ok.any() else (np.zeros((0, len(pred.labels))), None)
+    calls, rows, k = pred.calls(probs), [], 0
+    for j in range(len(ok)):
+        path = todo[b['index'][j]]; key = _key(path)
+        for f in [*(out / 'maps').glob(f'{key}__*.png'), out / 'images' / f'{key}.png']: f.unlink(missing_ok=True)
+        row = {c: ('' if c in TEXT_COLUMNS else float('nan')) for c in cols}
+        row.update(b['info'][j], path=_path_text(path), file_sha=b['sha'][j], status=b['status'][j],
+                   reason=b['reason'][j], checkpoint=pred.sha, decision=pred.rule)
+        if ok[j]:
+            p, c = probs[k], calls[k]
+            row.update({f'prob_{l}': float(p[i]) for i, l in enumerate(pred.labels)})
+            row.update({f'call_{l}': int(c[i]) for i, l in enumerate(pred.labels)})
+            row['findings'] = '|'.join(l for i, l in enumerate(pred.labels) if c[i] == 1) or 'none called'
+            row['max_probability'] = float(p.max())
+            img = _unnormalise(b['image'][j], pred.preprocessing)
+            atomic_write(out / 'images' / f'{key}.png', writer=lambda t, img=img: Image.fromarray(
+                np.round(img * 255).astype(np.uint8)).resize((256, 256)).save(t, format='PNG'))
+            if maps is not None:
+                for i in sorted({i for i in range(len(c)) if c[i] == 1} | set(np.argsort(-p)[:top_k].tolist())):
+                    atomic_write(out / 'maps' / f'{key}__{pred.labels[i]}.png',
+                                 writer=lambda t, i=i, k=k: _overlay(img, maps[k, i]).save(t, format='PNG'))
+            k += 1
+        rows.append(row)
+    return rows
+
+# %% ../nbs/07_predict.ipynb #5758a66c
+def _read_stamp(out: Path) -> str | None:
+    "The table digest the folder's report was built from, or None."
+    f = out / 'report.json'
+    return json.loads(f.read_text()).get('table_sha256') if f.is_file() else None
 
 # %% ../nbs/07_predict.ipynb #a8ee6d23
 def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by training
                   inputs: Sequence[str | Path],  # files and folders
-                  out: str | Path,  # the report folder
+                  out: str | Path,  # the report folder: it belongs to one checkpoint and one decision rule
                   threshold: float | None = None,  # one threshold for every label (default: the stored ones)
                   operating_point: str = 'youden',  # 'youden' or 'sens90'
                   top_k: int = 0,  # maps also for the k most probable labels of each image, called or not
-                  redo: bool = False,  # predict again images already in `predictions.csv` for this checkpoint
+                  redo: bool = False,  # predict every input again (and empty a folder of another checkpoint or rule)
                   batch_size: int = 16, workers: int = 2, device: str = 'auto', progress: bool = True,
+                  allow: Sequence[str] = (),  # DICOM checks to switch off: some of `ALLOW`
                  ) -> pd.DataFrame:
     "Predict every input; write `predictions.csv`, map overlays and `report.html` into `out`; return the table."
     out = Path(out); (out / 'maps').mkdir(parents=True, exist_ok=True); (out / 'images').mkdir(exist_ok=True)
     pred = Predictor(checkpoint, device, threshold, operating_point)
+    _folder_record(out, pred, redo)
     paths = find_inputs(inputs, exclude=out)
     cols, csv = _columns(pred.labels), out / 'predictions.csv'
     old = read_predictions(csv) if csv.is_file() else pd.DataFrame(columns=cols)
     if len(old) and list(old.columns) != cols:
-        raise ValueError(f'{csv} was written for other labels; use another --out folder.')
-    same = old['checkpoint'].astype(str) == pred.sha
-    done = set() if redo else set(old.loc[same, 'path'])
-    todo = [p for p in paths if str(p) not in done]
-    keep = old[~old['path'].isin([str(p) for p in todo])]
-    rows = keep.to_dict('records')
+        raise ValueError(f'{csv} has other columns (another ltvit version); use another --out folder.')
+    shas = {p: _sha(p) if p.is_file() else '' for p in paths}
+    done = set() if redo else set(zip(old['path'], old['file_sha']))
+    todo = [p for p in paths if (_path_text(p), shas[p]) not in done]  # new, changed, or asked again
+    rows = old[~old['path'].isin({_path_text(p) for p in todo})].to_dict('records')
     size = int(pred.preprocessing['img_size'])
-    loader = DataLoader(_Inputs(todo, pred.transform, size), batch_size=batch_size, num_workers=workers if todo else 0)
-    for b in tqdm(loader, desc='ltvit_predict', total=len(loader), unit='batch', disable=not progress):
-        ok = np.array([s == 'ok' for s in b['status']])
-        probs, maps = pred(b['image'][torch.from_numpy(ok)]) if ok.any() else (np.zeros((0, len(pred.labels))), None)
-        calls = pred.calls(probs)
-        k = 0
-        for j in range(len(ok)):
-            path = todo[int(b['index'][j])]
-            row = {c: ('' if c in TEXT_COLUMNS else float('nan')) for c in cols}
-            row.update(path=str(path), sop_instance_uid=b['uid'][j], status=b['status'][j], reason=b['reason'][j],
-                       checkpoint=pred.sha)
-            if ok[j]:
-                p, c = probs[k], calls[k]
-                row.update({f'prob_{l}': float(p[i]) for i, l in enumerate(pred.labels)})
-                row.update({f'call_{l}': int(c[i]) for i, l in enumerate(pred.labels)})
-                row['findings'] = '|'.join(l for i, l in enumerate(pred.labels) if c[i] == 1) or 'none called'
-                row['max_probability'] = float(p.max())
-                img = _unnormalise(b['image'][j], pred.preprocessing)
-                key = _key(path)
-                atomic_write(out / 'images' / f'{key}.png', writer=lambda t, img=img: Image.fromarray(
-                    np.round(img * 255).astype(np.uint8)).resize((256, 256)).save(t, format='PNG'))
-                if maps is not None:
-                    show = {i for i in range(len(c)) if c[i] == 1} | set(np.argsort(-p)[:top_k].tolist())
-                    for i in sorted(show):
-                        atomic_write(out / 'maps' / f'{key}__{pred.labels[i]}.png',
-                                     writer=lambda t, i=i: _overlay(img, maps[k, i]).save(t, format='PNG'))
-                k += 1
-            rows.append(row)
-        atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))  # every finished row survives
+    data = _Inputs(todo, [shas[p] for p in todo], pred.transform, size, allow)
+    loader = DataLoader(data, batch_size=batch_size, num_workers=workers if todo else 0, collate_fn=_collate)
+    with tqdm(total=len(todo), desc='ltvit_predict', unit='image', disable=not progress) as bar:
+        for b in loader:
+            rows += _batch_rows(b, todo, pred, cols, out, top_k)
+            atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))  # every finished row survives
+            bar.update(len(b['index']))
     atomic_write(csv, pd.DataFrame(rows, columns=cols).to_csv(index=False))
     table = read_predictions(csv)  # the same types on every run, fresh or resumed
-    write_report(table, pred, out)
+    stamp = hashlib.sha256(csv.read_bytes() + (out / 'predict.json').read_bytes()).hexdigest()
+    if not (out / 'report.html').is_file() or _read_stamp(out) != stamp:  # rebuilt only when the rows changed
+        write_report(table, pred, out); write_json(out / 'report.json', {'table_sha256': stamp})
     return table
 
 # %% ../nbs/07_predict.ipynb #17a7bac1
@@ -381,31 +566,32 @@ def _parser() -> argparse.ArgumentParser:
                                 'PNG, JPEG or DICOM in; predictions.csv, per-label maps and report.html out.')
     p.add_argument('inputs', nargs='+', help='image files or folders (searched recursively; DICOM found by content)')
     p.add_argument('--checkpoint', required=True, help='a best.safetensors written by training')
-    p.add_argument('--out', required=True, help='the report folder (created; a rerun skips images already done)')
+    p.add_argument('--out', required=True, help='the report folder, of one checkpoint and rule (a rerun skips inputs done)')
     p.add_argument('--threshold', type=float, default=None, help='one threshold for every label (default: stored ones)')
     p.add_argument('--operating-point', default='youden', choices=sorted(OPERATING_POINTS),
                    help="stored threshold: youden (Youden's J) or sens90 (0.90 sensitivity), chosen on validation")
     p.add_argument('--top-k', type=int, default=0, help='maps also for the k most probable labels of each image')
-    p.add_argument('--redo', action='store_true', help='predict again images already in predictions.csv')
+    p.add_argument('--redo', action='store_true', help='predict every input again (and empty a folder of another checkpoint or rule)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--workers', type=int, default=2, help='decoding processes (default 2)')
     p.add_argument('--device', default='auto')
+    p.add_argument('--allow', default='', help=f'DICOM checks to switch off, comma-separated: {",".join(ALLOW)} '
+                   '(default: CR/DX chest frontal films only)')
     return p
 
 # %% ../nbs/07_predict.ipynb #8101ab83
 def main(argv: Sequence[str] | None = None) -> int:
-    "Command line: `ltvit_predict --checkpoint best.safetensors --out report/ INPUT...`."
+    "Command line: `ltvit_predict --checkpoint best.safetensors --out report/ INPUT...`; 1 when any input was unusable."
     a = _parser().parse_args(argv)
     t = time.time()
+    allow = [s.strip() for s in a.allow.split(',') if s.strip()]
     table = predict_files(a.checkpoint, a.inputs, a.out, a.threshold, a.operating_point, a.top_k, a.redo,
-                          a.batch_size, a.workers, a.device)
+                          a.batch_size, a.workers, a.device, allow=allow)
     counts = table['status'].value_counts().to_dict()
-    print(
-        f'{len(table)} image(s) in {Path(a.out) / "predictions.csv"}: '
-        + ', '.join(f'{n} {s}' for s, n in counts.items())
-        + f'; report {Path(a.out) / "report.html"} ({time.time() - t:.1f} s)'
-    )
-    return 0
+    print(f'{len(table)} input(s) in {Path(a.out) / "predictions.csv"}: '
+          + ', '.join(f'{n} {s}' for s, n in counts.items())
+          + f'; report {Path(a.out) / "report.html"} ({time.time() - t:.1f} s)')
+    return int(any(s != 'ok' for s in counts))
 
 # %% ../nbs/07_predict.ipynb #37daa368
 class ExportWrapper(torch.nn.Module):
@@ -428,7 +614,7 @@ class ExportWrapper(torch.nn.Module):
 
 # %% ../nbs/07_predict.ipynb #7077406a
 def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, opset: int = 17) -> Path:
-    "Write `checkpoint`'s model as ONNX: input `image` `(B, 3, H, W)`, outputs `logits` (and `maps`)."
+    "Write `checkpoint`'s model as ONNX (`image` in, `logits` and `maps` out), its labels and preprocessing as metadata."
     model = load_model(checkpoint).eval()
     pre = checkpoint_metadata(checkpoint).get('preprocessing', {})
     size = int(pre.get('img_size') or model.patch_embed.img_size[0])
@@ -441,7 +627,17 @@ def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, op
             warnings.simplefilter('ignore', DeprecationWarning)
             torch.onnx.export(wrapper, (x,), str(tmp), input_names=['image'], output_names=names, opset_version=opset,
                               dynamic_axes={'image': {0: 'batch'}, **{n: {0: 'batch'} for n in names}}, dynamo=False)
-    return atomic_write(path, writer=write)
+    def write_with_metadata(tmp):
+        write(tmp)
+        m = onnx.load(str(tmp))
+        meta = checkpoint_metadata(checkpoint)
+        onnx.helper.set_model_props(m, {'labels': json.dumps(list(getattr(model, 'label_names', None) or [])),
+                                        'preprocessing': json.dumps(pre), 'checkpoint_sha256': _sha(Path(checkpoint)),
+                                        'operating_points': json.dumps(meta.get('operating_points') or {}),
+                                        'outputs': 'logits: (batch, labels), sigmoid for probabilities'
+                                                   + ('; maps: (batch, labels, grid h, grid w), attention per patch' if maps else '')})
+        onnx.save(m, str(tmp))
+    return atomic_write(path, writer=write_with_metadata)
 
 # %% ../nbs/07_predict.ipynb #0db4768d
 def export_main(argv: Sequence[str] | None = None) -> int:
