@@ -24,6 +24,7 @@ import onnx
 import pandas as pd
 import pydicom
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -36,10 +37,10 @@ from .model import LTViT
 from .metrics import OPERATING_POINTS
 
 # %% auto #0
-__all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'CHEST_MODALITIES', 'CHEST_SOP_CLASSES', 'ALLOW', 'NO_DICOM', 'TEXT_COLUMNS',
-           'ImageRejected', 'is_dicom', 'check_dicom', 'write_test_dicom', 'read_dicom', 'read_any', 'Predictor',
-           'find_inputs', 'read_predictions', 'write_report', 'predict_files', 'main', 'ExportWrapper', 'export_onnx',
-           'export_main']
+__all__ = ['LATERAL_VIEWS', 'IMAGE_SUFFIXES', 'CHEST_MODALITIES', 'CHEST_SOP_CLASSES', 'ALLOW', 'MIN_POSITIVES', 'NO_DICOM',
+           'TEXT_COLUMNS', 'ImageRejected', 'is_dicom', 'check_dicom', 'write_test_dicom', 'read_dicom', 'read_any',
+           'Predictor', 'find_inputs', 'read_predictions', 'write_report', 'predict_files', 'main', 'ExportWrapper',
+           'export_onnx', 'export_main']
 
 # %% ../nbs/07_predict.ipynb #ba296445
 LATERAL_VIEWS = frozenset({'LL', 'RL', 'LAT', 'LATERAL', 'LLD', 'RLD', 'XTABLE LATERAL'})
@@ -51,6 +52,7 @@ CHEST_SOP_CLASSES = {  # the single-frame image storage classes a chest film com
     '1.2.840.10008.5.1.4.1.1.1.1.1': 'Digital X-Ray Image Storage - For Processing',
     '1.2.840.10008.5.1.4.1.1.7': 'Secondary Capture Image Storage'}
 ALLOW = ('modality', 'body_part', 'sop_class', 'view')  # the checks `--allow` may switch off
+MIN_POSITIVES = 10  # a stored threshold set on fewer validation positives is too unstable to call with
 
 # %% ../nbs/07_predict.ipynb #cc139df8
 class ImageRejected(Exception):
@@ -295,6 +297,12 @@ class Predictor:
                                  'pass a threshold (--threshold 0.5).')
             self.thresholds = {l: (ops[l][operating_point] if ops.get(l) else float('nan')) for l in self.labels}
             self.rule = OPERATING_POINTS[operating_point]
+        self.unstable = {}  # labels whose stored threshold rests on too few validation positives: never called
+        if threshold is None:
+            self.unstable = {l: ops[l]['validation_positives'] for l in self.labels if ops.get(l)
+                             and ops[l].get('validation_positives', MIN_POSITIVES) < MIN_POSITIVES}
+            for l in self.unstable: self.thresholds[l] = float('nan')
+        self.trained_on = meta.get('trained_on')  # data set, split sizes, test AUC (None for older checkpoints)
         self.sha = _sha(self.checkpoint)
         self.has_maps = isinstance(self.model, LTViT)
 
@@ -308,7 +316,7 @@ class Predictor:
         return torch.sigmoid(self.model(x)).float().cpu().numpy(), None
 
     def calls(self, probs: np.ndarray) -> np.ndarray:
-        "1 where a probability reaches its label's threshold, 0 below, -1 where the label has no threshold."
+        "1 where a probability reaches its label's threshold, 0 below, -1 where the label has no (stable) threshold."
         t = np.array([self.thresholds[l] for l in self.labels])
         return np.where(np.isnan(t), -1, (probs >= t).astype(int))
 
@@ -406,11 +414,19 @@ _CSS = ('body{font-family:sans-serif;margin:24px;max-width:1200px}'
         '.warn{background:#fff3cd;padding:6px 10px} .nav a,.nav b{margin:0 4px}')
 
 # %% ../nbs/07_predict.ipynb #bf2a70fb
-def _label_row(label: str, prob: float, call: int, threshold: float) -> str:
-    "One row of an image's label table: probability, threshold ('none' without one) and call."
-    thr = 'none' if np.isnan(threshold) else f'{threshold:.3f}'
-    return (f'<tr class="{"pos" if call == 1 else ""}"><td>{html.escape(label)}</td><td>{prob:.3f}</td><td>{thr}</td>'
-            f'<td>{ {1: "positive", 0: "", -1: "n/a"}[call] }</td></tr>')
+def _label_row(label: str, prob: float, call: int, threshold: float, note: str = '') -> str:
+    "One row of an image's label table: probability, threshold ('none' without one, or `note`) and call."
+    thr = note or ('none' if np.isnan(threshold) else f'{threshold:.3f}')
+    return (f'<tr class="{"pos" if call == 1 else ""}"><td>{html.escape(label)}</td><td>{prob:.3f}</td><td>{html.escape(thr)}</td>'
+            f'<td>{ {1: "positive", 0: "", -1: "not called"}[call] }</td></tr>')
+
+# %% ../nbs/07_predict.ipynb #3690bfe4
+def _trained_on(t: dict | None) -> str:
+    "What the report says the model was trained on: data set, split sizes and test mean AUC, as the checkpoint records."
+    if not t: return 'The checkpoint does not record the data it was trained on.'
+    sizes = ', '.join(f'{n:,} {s}' for s, n in (t.get('split_sizes') or {}).items())
+    auc = f"; test mean AUC {t['test_mean_auc']:.3f}" if t.get('test_mean_auc') is not None else ''
+    return html.escape(f"Trained on {t.get('dataset', '?')} ({sizes} images){auc}, best epoch {t.get('best_epoch')}.")
 
 # %% ../nbs/07_predict.ipynb #7e50fd3d
 def _report_head(pred: Predictor, n_ok: int, n_bad: int) -> str:
@@ -422,7 +438,9 @@ def _report_head(pred: Predictor, n_ok: int, n_bad: int) -> str:
             '(CR or DX); other inputs are listed with the reason they were not predicted.</p>'
             f'<p>Checkpoint <code>{esc(str(pred.checkpoint))}</code> (sha256 {pred.sha}); a finding is called when its '
             f'probability reaches the threshold of {esc(pred.rule)} ("none": validation had no case of that finding, so '
-            f'it is never called). {n_ok} image(s) predicted, {n_bad} not usable; sorted by the highest probability.</p>'
+            f'it is never called; "unstable": its threshold rests on fewer than {MIN_POSITIVES} validation cases, so it is '
+            f'not called either). {n_ok} image(s) predicted, {n_bad} not usable; sorted by the highest probability.</p>'
+            + f'<p>{_trained_on(pred.trained_on)}</p>'
             '<p>Maps: the colour shows where the model looked for that finding, compared with looking everywhere '
             'equally: none where it looked less than average, full colour where it looked four times as much. '
             'A map shows attention, not the finding itself.</p>')
@@ -432,7 +450,8 @@ def _image_block(r: dict, pred: Predictor, out: Path) -> str:
     "One image of the report: its identifiers, calls, the image as the model saw it, its maps and its label table."
     esc, key = html.escape, _key(Path(r['path']))
     uid = f' &middot; SOP Instance UID {esc(str(r["sop_instance_uid"]))}' if r['sop_instance_uid'] else ''
-    rows = ''.join(_label_row(l, float(r[f'prob_{l}']), int(r[f'call_{l}']), pred.thresholds[l])
+    note = lambda l: f'unstable: {pred.unstable[l]} validation positives' if l in pred.unstable else ''
+    rows = ''.join(_label_row(l, float(r[f'prob_{l}']), int(r[f'call_{l}']), pred.thresholds[l], note(l))
                    for l in sorted(pred.labels, key=lambda l: -float(r[f'prob_{l}'])))
     maps = ''
     for f in sorted((out / 'maps').glob(f'{key}__*.png')):
@@ -595,12 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # %% ../nbs/07_predict.ipynb #37daa368
 class ExportWrapper(torch.nn.Module):
-    "Logits, and for `maps=True` the last LT block's label-to-patch attention `(B, C, gh, gw)` (heads averaged)."
-    def __init__(self, model: torch.nn.Module, maps: bool = False):
+    "Logits; with `maps`, the last LT block's label-to-patch attention (heads averaged), on the patch grid or `image_size`."
+    def __init__(self, model: torch.nn.Module, maps: bool = False, image_size: bool = False):
         super().__init__()
         if maps and not isinstance(model, LTViT):
             raise ValueError('maps=True needs an LT-ViT (a plain ViT has no label tokens).')
-        self.model, self.maps = copy.deepcopy(model).eval(), maps
+        self.model, self.maps, self.image_size = copy.deepcopy(model).eval(), maps, image_size
         if isinstance(self.model, LTViT):  # the split attention path: the same outputs, operators ONNX has
             for b in self.model.lt_modules(): b.split = True
     def forward(self, x: torch.Tensor):
@@ -610,15 +629,20 @@ class ExportWrapper(torch.nn.Module):
         a = out['attention'][-1][:, :, :, out['n_prefix']:out['n_img']].float()
         a = (a / a.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)
         gh, gw = out['grid']
-        return out['logits'], a.reshape(a.shape[0], a.shape[1], gh, gw)
+        a = a.reshape(a.shape[0], a.shape[1], gh, gw)
+        if self.image_size:
+            a = F.interpolate(a, size=tuple(x.shape[-2:]), mode='bilinear', align_corners=False).clamp_min(0)
+            a = a / a.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+        return out['logits'], a
 
 # %% ../nbs/07_predict.ipynb #7077406a
-def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, opset: int = 17) -> Path:
+def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, opset: int = 17,
+                image_size_maps: bool = False) -> Path:
     "Write `checkpoint`'s model as ONNX (`image` in, `logits` and `maps` out), its labels and preprocessing as metadata."
     model = load_model(checkpoint).eval()
     pre = checkpoint_metadata(checkpoint).get('preprocessing', {})
     size = int(pre.get('img_size') or model.patch_embed.img_size[0])
-    wrapper, x = ExportWrapper(model, maps), torch.randn(2, 3, size, size)
+    wrapper, x = ExportWrapper(model, maps, image_size_maps), torch.randn(2, 3, size, size)
     names = ['logits', 'maps'] if maps else ['logits']
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     def write(tmp):
@@ -626,7 +650,8 @@ def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, op
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             warnings.simplefilter('ignore', DeprecationWarning)
             torch.onnx.export(wrapper, (x,), str(tmp), input_names=['image'], output_names=names, opset_version=opset,
-                              dynamic_axes={'image': {0: 'batch'}, **{n: {0: 'batch'} for n in names}}, dynamo=False)
+                              dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'},
+                                            **({'maps': {0: 'batch'}} if maps else {})}, dynamo=False)
     def write_with_metadata(tmp):
         write(tmp)
         m = onnx.load(str(tmp))
@@ -635,7 +660,8 @@ def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, op
                                         'preprocessing': json.dumps(pre), 'checkpoint_sha256': _sha(Path(checkpoint)),
                                         'operating_points': json.dumps(meta.get('operating_points') or {}),
                                         'outputs': 'logits: (batch, labels), sigmoid for probabilities'
-                                                   + ('; maps: (batch, labels, grid h, grid w), attention per patch' if maps else '')})
+                                                   + (('; maps: (batch, labels, height, width), attention summing to one per image' if image_size_maps
+                                                      else '; maps: (batch, labels, grid h, grid w), attention per patch') if maps else '')})
         onnx.save(m, str(tmp))
     return atomic_write(path, writer=write_with_metadata)
 
@@ -646,7 +672,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument('--checkpoint', required=True)
     p.add_argument('--onnx', required=True, help='the .onnx file to write')
     p.add_argument('--maps', action='store_true', help="also output every label's attention map (LT-ViT)")
+    p.add_argument('--image-size-maps', action='store_true', help='maps upsampled to the image (as the report shows them)')
     p.add_argument('--opset', type=int, default=17)
     a = p.parse_args(argv)
-    print(f'wrote {export_onnx(a.checkpoint, a.onnx, a.maps, a.opset)}')
+    print(f'wrote {export_onnx(a.checkpoint, a.onnx, a.maps, a.opset, a.image_size_maps)}')
     return 0

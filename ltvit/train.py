@@ -512,7 +512,9 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
                **extra, 'config': str(out / 'config.json')}
     best = out / 'best.safetensors'  # the deployable model: with its preprocessing and operating points
     save_model(model, best, **{k: v for k, v in checkpoint_metadata(best).items() if k in ('epoch', 'val_mean_auc')},
-               preprocessing=preprocessing(c), operating_points=ops)
+               preprocessing=preprocessing(c), operating_points=ops,
+               trained_on={'dataset': c.dataset, 'split_sizes': {s: len(d) for s, d in ds.items()},
+                           'test_mean_auc': rep['mean_auc'], 'best_epoch': state['best_epoch']})
     hist = pd.DataFrame(state['history'])
     atomic_write(out / 'history.csv', hist.to_csv(index=False))
     per = pd.DataFrame({'label': labels, 'auc': [rep['per_class_auc'][l] for l in labels],

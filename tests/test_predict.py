@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ltvit.checkpoint import checkpoint_metadata, load_model
-from ltvit.predict import ExportWrapper, ImageRejected, read_any, read_predictions, write_test_dicom
+from ltvit.predict import MIN_POSITIVES, ExportWrapper, ImageRejected, read_any, read_predictions, write_test_dicom
 from ltvit.synthetic import make_synthetic
 from ltvit.train import TrainConfig, train
 
@@ -126,7 +126,9 @@ def test_ltvit_predict_end_to_end(predicted, tmp_path):
     ops = checkpoint_metadata(ckpt)['operating_points']
     for _, row in ok.iterrows():  # calls at the stored Youden thresholds
         for l in labels:
-            if ops[l]: assert int(row[f'call_{l}']) == int(float(row[f'prob_{l}']) >= ops[l]['youden'])
+            if ops[l] and ops[l]['validation_positives'] >= MIN_POSITIVES:
+                assert int(row[f'call_{l}']) == int(float(row[f'prob_{l}']) >= ops[l]['youden'])
+            else: assert int(row[f'call_{l}']) == -1  # no threshold, or one set on too few validation positives
     # the DICOM routes give the PNG route's probabilities (lossless ones exactly, JPEG closely)
     ref = cli('main', '--checkpoint', ckpt, '--out', tmp_path / 'ref', *pngs[4:8])
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -329,3 +331,41 @@ def test_report_pages_and_rebuilds_only_when_rows_change(trained, tmp_path):
     assert all('research use only, not for diagnosis' in x for x in text) and 'report-3.html' in text[0]
     for p in t['path']: assert sum(f'data-path="{p}"' in x for x in text) == 1  # each image on exactly one page
     assert re.search(r'<figcaption>\w+ 0\.\d\d</figcaption>', text[0])  # each map shows its probability
+
+
+def test_thresholds_on_too_few_validation_positives_are_not_used_and_the_report_says_what_the_model_is(trained, tmp_path):
+    from ltvit.checkpoint import save_model
+    from ltvit.predict import Predictor, predict_files
+    ckpt, syn = trained
+    meta, model = checkpoint_metadata(ckpt), load_model(ckpt)
+    ops = {l: {'youden': 0.3, 'sens90': 0.1, 'validation_positives': 50 if i % 2 else 3, 'validation_images': 200}
+           for i, l in enumerate(model.label_names)}
+    save_model(model, tmp_path / 'm.safetensors', preprocessing=meta['preprocessing'], operating_points=ops,
+               trained_on=meta['trained_on'])
+    pred = Predictor(tmp_path / 'm.safetensors')
+    assert set(pred.unstable) == {l for i, l in enumerate(model.label_names) if i % 2 == 0}
+    probs = np.tile(np.linspace(0.05, 0.95, len(model.label_names)), (2, 1))
+    calls = pred.calls(probs)
+    for i, l in enumerate(model.label_names):
+        assert calls[0, i] == (-1 if l in pred.unstable else int(probs[0, i] >= 0.3))
+    assert (Predictor(tmp_path / 'm.safetensors', threshold=0.5).calls(probs) >= 0).all()  # a given threshold: all called
+    png = sorted((syn / 'images').glob('*.png'))[:1]
+    predict_files(tmp_path / 'm.safetensors', png, tmp_path / 'out', workers=0, progress=False)
+    page = (tmp_path / 'out' / 'report.html').read_text()
+    assert f'unstable: 3 validation positives' in page and 'Trained on synthetic' in page and 'test mean AUC' in page
+    assert meta['trained_on']['dataset'] == 'synthetic' and set(meta['trained_on']['split_sizes']) == {'train', 'val', 'test'}
+
+
+def test_onnx_maps_at_image_size_are_the_reports_maps(trained, tmp_path):
+    import onnxruntime as ort
+    from ltvit.interpret import attention_maps
+    from ltvit.predict import export_onnx
+    ckpt, _ = trained
+    path = export_onnx(ckpt, tmp_path / 'img.onnx', maps=True, image_size_maps=True)
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    assert [o.name for o in sess.get_outputs()] == ['logits', 'maps'] and sess.get_outputs()[1].shape[0] == 'batch'
+    x = torch.randn(3, 3, 32, 32)
+    logits, maps = sess.run(None, {'image': x.numpy()})
+    want, _ = attention_maps(load_model(ckpt).eval(), x)
+    assert maps.shape == (3, len(load_model(ckpt).label_names), 32, 32)
+    assert np.abs(maps - want.numpy()).max() < 1e-5
