@@ -176,8 +176,9 @@ def _pixels_problem(ds) -> ImageRejected | None:
     if photometric not in ('MONOCHROME1', 'MONOCHROME2'):
         return ImageRejected('colour image', f'PhotometricInterpretation is {photometric or "missing"}; a chest film is '
                              'greyscale (MONOCHROME1 or MONOCHROME2)')
-    if int(ds.get('NumberOfFrames', 1) or 1) > 1:
-        return ImageRejected('multi-frame', f'{ds.NumberOfFrames} frames; a chest film is one frame')
+    try: frames = int(str(ds.get('NumberOfFrames', 1) or 1))
+    except ValueError: return ImageRejected('unsupported', f'NumberOfFrames is {ds.NumberOfFrames!r}, not a number')
+    if frames > 1: return ImageRejected('multi-frame', f'{frames} frames; a chest film is one frame')
     return None
 
 # %% ../nbs/07_predict.ipynb #eef36e4f

@@ -225,6 +225,14 @@ def test_dicom_files_pydicom_ships_are_refused_for_their_real_reason(trained, tm
         with pytest.raises(ImageRejected, match='CSPINE'): read_any(f)
         arr, info = read_any(f, allow=['body_part', 'view'])  # a lateral cervical-spine CR passes only when asked for
         assert arr.ndim == 2 and info['modality'] == 'CR' and info['body_part'] == 'CSPINE'
+    from ltvit.predict import ALLOW
+    for f in files:  # with every check that can be switched off switched off: still nothing but a clear status
+        try: read_any(f, allow=ALLOW)
+        except ImageRejected as e: assert e.status and '\n' not in e.reason
+    for name, st, why in (('examples_palette.dcm', 'colour image', 'PALETTE COLOR'), ('rtdose_rle.dcm', 'multi-frame', '15'),
+                          ('SC_rgb_rle.dcm', 'colour image', 'RGB')):
+        with pytest.raises(ImageRejected, match=why) as e: read_any(get_testdata_file(name), allow=ALLOW)
+        assert e.value.status == st
     folder = Path(get_testdata_file('CT_small.dcm')).parent
     t = predict_files(trained[0], [folder], tmp_path / 'out', workers=0, progress=False)
     found = [p for p in folder.rglob('*') if p.is_file() and (p.suffix.lower() in ('.dcm', '.png', '.jpg') or is_dicom_(p))]
@@ -369,3 +377,44 @@ def test_onnx_maps_at_image_size_are_the_reports_maps(trained, tmp_path):
     want, _ = attention_maps(load_model(ckpt).eval(), x)
     assert maps.shape == (3, len(load_model(ckpt).label_names), 32, 32)
     assert np.abs(maps - want.numpy()).max() < 1e-5
+
+
+def test_a_folder_that_cannot_be_listed_gets_its_row(trained, tmp_path, monkeypatch):
+    "os.walk's error (a folder without read permission) becomes a row; as root, where permissions do not bite, the "
+    "error is raised by a patched scandir, the call os.walk makes."
+    import os
+    from ltvit.predict import predict_files
+    ckpt, syn = trained
+    locked = tmp_path / 'inbox' / 'locked'; locked.mkdir(parents=True)
+    shutil.copy(sorted((syn / 'images').glob('*.png'))[0], tmp_path / 'inbox' / 'x.png')
+    shutil.copy(sorted((syn / 'images').glob('*.png'))[1], locked / 'y.png')
+    if os.geteuid() == 0:
+        real = os.scandir
+        def scandir(p='.'):
+            if Path(p) == locked: raise PermissionError(13, 'Permission denied', str(p))
+            return real(p)
+        monkeypatch.setattr(os, 'scandir', scandir)
+    else: locked.chmod(0)
+    try: t = predict_files(ckpt, [tmp_path / 'inbox'], tmp_path / 'out', workers=0, progress=False)
+    finally: locked.chmod(0o755)
+    st = dict(zip(t['path'].map(lambda p: Path(p).name), t['status']))
+    assert st == {'x.png': 'ok', 'locked': 'unreadable folder'}, st
+
+
+
+def test_an_undecodable_reason_names_the_missing_plugin_only_when_one_is_missing(monkeypatch):
+    import pydicom.pixels.decoders.base as base
+    from pydicom.data import get_testdata_file
+    from ltvit.predict import _undecodable
+    ds = pydicom_read(get_testdata_file('JPEG2000.dcm'))
+    assert 'corrupt' in _undecodable(ds, RuntimeError('bad stream')).reason  # its plug-in is installed
+    class Missing:
+        is_available, missing_dependencies = False, ['pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0']
+    monkeypatch.setattr(base, 'get_decoder', lambda uid: Missing())
+    r = _undecodable(ds, RuntimeError('x')).reason
+    assert 'JPEG 2000' in r and 'pylibjpeg-openjpeg' in r
+
+
+def pydicom_read(f):
+    import pydicom
+    return pydicom.dcmread(f)
