@@ -277,6 +277,11 @@ def init_label_norms(self: LTViT):
     if self.lt_blocks is None:
         for b in self.lt_modules(): b.norm_label.load_state_dict(b.norm1.state_dict())
 
+# %% ../nbs/02_model.ipynb #04188d79
+def _cls_entering(cls_token: torch.Tensor, pos_embed: torch.Tensor, no_embed_class: bool, n: int) -> torch.Tensor:
+    "`n` copies `(1, n, D)` of the CLS token as it enters the blocks: its parameter plus its position."
+    return (cls_token[0, 0] + (0 if no_embed_class else pos_embed[0, 0])).expand(n, -1)[None].clone()
+
 # %% ../nbs/02_model.ipynb #7345aa00
 @patch
 def init_label_tokens(self: LTViT):
@@ -284,8 +289,7 @@ def init_label_tokens(self: LTViT):
     if not self.num_classes: return
     with torch.no_grad():
         if self.label_init == 'cls':  # the CLS token as it enters the blocks: its parameter plus its position
-            cls = self.cls_token[0, 0] + (0 if self.no_embed_class else self.pos_embed[0, 0])
-            self.label_tokens.copy_(cls.expand(self.num_classes, -1)[None])
+            self.label_tokens.copy_(_cls_entering(self.cls_token, self.pos_embed, self.no_embed_class, self.num_classes))
         else: trunc_normal_(self.label_tokens, std=self.label_init_std)
 
 # %% ../nbs/02_model.ipynb #73426061
@@ -455,8 +459,7 @@ def checkpoint_filter_fn(state_dict: dict,  # a ViT's tensors in timm's layout
     for k in own:  # label norms start as copies of the loaded norm1
         if m := re.match(r'blocks\.(\d+)\.norm_label\.(.+)$', k): out[k] = sd[f'blocks.{m[1]}.norm1.{m[2]}'].clone()
     if getattr(model, 'label_init', None) == 'cls' and model.num_classes:  # the CLS token as it enters the blocks
-        cls = out['cls_token'][0, 0] + (0 if model.no_embed_class else out['pos_embed'][0, 0])
-        out['label_tokens'] = cls.expand(model.num_classes, -1)[None].clone()
+        out['label_tokens'] = _cls_entering(out['cls_token'], out['pos_embed'], model.no_embed_class, model.num_classes)
     return out
 
 # %% ../nbs/02_model.ipynb #678ade75

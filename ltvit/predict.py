@@ -156,15 +156,14 @@ def write_test_dicom(path: str | Path, pixels: np.ndarray, photometric: str = 'M
     return Path(path)
 
 # %% ../nbs/07_predict.ipynb #c655dbdf
-def _truncated(ds, path: Path) -> ImageRejected | None:
+def _truncated(ds, marked: bool) -> ImageRejected | None:
     "An incomplete copy: the file ends inside its last data element or inside its header; else None."
     last = ds.get_item(list(ds.keys())[-1]) if len(ds) else None
     value = getattr(last, 'value', None)
     if isinstance(value, bytes) and last.length not in (None, 0xFFFFFFFF) and len(value) < last.length:
         return ImageRejected('truncated', f'the file ends inside element {last.tag} ({len(value)} of {last.length} '
                              'bytes): an incomplete copy')
-    with open(path, 'rb') as f: preamble = f.read(132)[128:] == b'DICM'
-    if preamble and 'TransferSyntaxUID' not in ds.file_meta:
+    if marked and 'TransferSyntaxUID' not in ds.file_meta:  # the file has a preamble but no complete header
         return ImageRejected('truncated', 'the file ends inside its header (no transfer syntax): an incomplete copy')
     return None
 
@@ -206,7 +205,7 @@ def read_dicom(path: str | Path, allow: Sequence[str] = ()) -> tuple[np.ndarray,
     if not len(ds):
         if marked: raise ImageRejected('truncated', 'the file ends inside its header: an incomplete copy')
         raise ImageRejected('unreadable', 'no DICOM data elements could be read')
-    if problem := _truncated(ds, path): raise problem
+    if problem := _truncated(ds, marked): raise problem
     if 'TransferSyntaxUID' not in ds.file_meta and ds.original_encoding[0] is not None:  # a data set without preamble
         implicit = ds.original_encoding[0]
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
@@ -263,7 +262,7 @@ def _cfg_preprocessing(model, checkpoint: Path) -> dict:
     fit = lambda v: list(v) if len(v) == chans else [float(v[0])] * chans  # a grey model: one channel
     pre = dict(img_size=int(h), channels=chans, mean=fit(cfg['mean']), std=fit(cfg['std']),
                interpolation=cfg.get('interpolation', 'bicubic'))
-    print(f'{checkpoint.name}: no stored preprocessing; using the model\'s size ({h}x{w} px) and pretrained_cfg:, mean {pre["mean"]}, '
+    print(f'{checkpoint.name}: no stored preprocessing; using the model\'s size ({h}x{w} px) and pretrained_cfg: mean {pre["mean"]}, '
           f'std {pre["std"]}.')
     return pre
 
@@ -486,7 +485,7 @@ def write_report(table: pd.DataFrame, pred: Predictor, out: str | Path, per_page
                 f'<tr><td><code>{esc(r.path)}</code></td><td>{esc(r.status)}</td><td>{esc(str(r.reason))}</td></tr>'
                 for r in bad.itertuples()) + '</table>')
         atomic_write(out / name(i), '\n'.join(parts + ['</body></html>']))
-    return out / 'report.html' 
+    return out / 'report.html'
 
 # %% ../nbs/07_predict.ipynb #30c4e5a7
 def _folder_record(out: Path, pred: Predictor, redo: bool) -> None:
@@ -561,10 +560,10 @@ def predict_files(checkpoint: str | Path,  # a `best.safetensors` written by tra
     old = read_predictions(csv) if csv.is_file() else pd.DataFrame(columns=cols)
     if len(old) and list(old.columns) != cols:
         raise ValueError(f'{csv} has other columns (another ltvit version); use another --out folder.')
-    shas = {p: _sha(p) if p.is_file() else '' for p in paths}
+    shas, texts = {p: _sha(p) if p.is_file() else '' for p in paths}, {p: _path_text(p) for p in paths}
     done = set() if redo else set(zip(old['path'], old['file_sha']))
-    todo = [p for p in paths if (_path_text(p), shas[p]) not in done]  # new, changed, or asked again
-    rows = old[~old['path'].isin({_path_text(p) for p in todo})].to_dict('records')
+    todo = [p for p in paths if (texts[p], shas[p]) not in done]  # new, changed, or asked again
+    rows = old[~old['path'].isin({texts[p] for p in todo})].to_dict('records')
     size = int(pred.preprocessing['img_size'])
     data = _Inputs(todo, [shas[p] for p in todo], pred.transform, size, allow)
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers if todo else 0, collate_fn=_collate)
