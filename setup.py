@@ -34,6 +34,8 @@ setuptools.setup(
     ] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['ltvit', 'ltvit.*']),
+    py_modules=['ltvit_cli'],  # the console scripts' and papermill's light entry point (see its docstring)
+    package_data={'ltvit': ['_cli_help.json']},
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
@@ -41,7 +43,8 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
-    entry_points={'console_scripts': console_scripts, 'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},
+    entry_points={'console_scripts': console_scripts, 'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d'],
+                  'papermill.engine': ['ltvit = ltvit_cli:PapermillEngine']},
     version=cfg['version'],
     author=cfg['author'],
     author_email=cfg['author_email'],

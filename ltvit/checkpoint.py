@@ -8,22 +8,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import socket
+import threading
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file as _load_safetensors, save_file as _save_safetensors
+from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 
-from .core import atomic_write
+from .core import UsageError, atomic_write
 from .model import _NEW_PARAMS, _NOT_BACKBONE, LTViT, checkpoint_filter_fn, vit_config
 
 # %% auto #0
-__all__ = ['SAFE_CHECKPOINT_GLOBALS', 'LoadReport', 'read_checkpoint', 'vit_state_dict', 'check_pretrained', 'load_pretrained',
-           'model_config', 'save_model', 'checkpoint_metadata', 'load_model']
+__all__ = ['SAFE_CHECKPOINT_GLOBALS', 'LoadReport', 'read_checkpoint', 'vit_state_dict', 'hub_unreachable', 'check_pretrained',
+           'load_pretrained', 'model_config', 'save_model', 'checkpoint_metadata', 'load_model']
 
 # %% ../nbs/02a_checkpoint.ipynb #524a1039
 @dataclass
@@ -95,14 +102,53 @@ def vit_state_dict(ckpt: dict,  # what `read_checkpoint` returned
 _CKPT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar', '.safetensors')
 
 # %% ../nbs/02a_checkpoint.ipynb #c657ca1c
+def _cached_weights(name: str) -> tuple[Path, bool] | None:
+    "A local copy of timm model `name`'s weights (Hugging Face or torch hub cache), and whether it is a hub file."
+    cfg = get_pretrained_cfg(name)
+    if cfg.hf_hub_id:
+        repo, _, rev = cfg.hf_hub_id.partition('@')
+        for f in (cfg.hf_hub_filename, 'model.safetensors', 'pytorch_model.bin'):
+            p = f and huggingface_hub.try_to_load_from_cache(repo, f, revision=rev or None)
+            if isinstance(p, str): return Path(p), True
+    if cfg.url:
+        p = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(urlparse(cfg.url).path)
+        if p.is_file(): return p, False
+    return None
+
+# %% ../nbs/02a_checkpoint.ipynb #644f1120
+def hub_unreachable(timeout: float = 5.0  # seconds to wait for a connection
+                   ) -> str | None:
+    "Why the Hugging Face hub cannot be reached (offline mode, no route, no answer within `timeout`), or None."
+    if huggingface_hub.constants.HF_HUB_OFFLINE: return 'HF_HUB_OFFLINE is set'
+    hub = urlparse(huggingface_hub.constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(hub.scheme)  # behind a proxy, the proxy is what must answer
+    host = urlparse(proxy) if proxy else hub
+    port = host.port or (443 if host.scheme == 'https' else 80)
+    result = []
+    def probe():
+        try: socket.create_connection((host.hostname, port), timeout=timeout).close(); result.append(None)
+        except OSError as e: result.append(f'{host.hostname}:{port}: {e.strerror or e}')
+    t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout)  # name lookups ignore timeouts
+    return result[0] if result else f'{host.hostname}:{port} did not answer within {timeout:g} s'
+
+# %% ../nbs/02a_checkpoint.ipynb #1db4b852
 def _hub_state_dict(name: str) -> dict:
-    "The state dict of timm's pre-trained model `name` (needs the Hugging Face hub or timm's cache)."
-    try: return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    "The state dict of timm's pre-trained model `name`: from the local cache, else the hub; offline, a `UsageError` at once."
+    try: cfg = get_pretrained_cfg(name)
+    except RuntimeError as e: cfg, why = None, str(e)
+    else: why = 'not a timm model name'
+    if cfg is None:
+        raise UsageError(f'pretrained={name!r} is neither an existing file nor a timm pre-trained model ({why}). '
+                         'Pass a local checkpoint file (-p pretrained <local file> in papermill, --pretrained in ltvit_train: a timm, DINO or MAE checkpoint, .pth or .safetensors), or train from random initialisation (-p pretrained none).')
+    local = _cached_weights(name)
+    if local is None and (why := hub_unreachable()):
+        raise UsageError(f'Pre-trained weights {name!r} are not in the local cache and the hub cannot be reached '
+                         f'({why}). Pass a local checkpoint file (-p pretrained <local file> in papermill, --pretrained in ltvit_train: a timm, DINO or MAE checkpoint, .pth or .safetensors), or train from random initialisation (-p pretrained none).')
+    overlay = {} if local is None else dict(file=str(local[0]), **(dict(custom_load=False) if local[1] else {}))
+    try: return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay).state_dict()
     except Exception as e:
-        raise RuntimeError(f'Could not load pre-trained weights {name!r} from the hub ({type(e).__name__}: '
-                           f'{str(e).splitlines()[0][:200] if str(e) else ""}). Offline, pass a local checkpoint file '
-                           '(-p pretrained <local file>: a timm, DINO or MAE checkpoint, .pth or .safetensors), or '
-                           'train from random initialisation (-p pretrained none).') from e
+        raise UsageError(f'Could not load pre-trained weights {name!r} ({type(e).__name__}: '
+                         f'{str(e).splitlines()[0][:200] if str(e) else ""}). Pass a local checkpoint file (-p pretrained <local file> in papermill, --pretrained in ltvit_train: a timm, DINO or MAE checkpoint, .pth or .safetensors), or train from random initialisation (-p pretrained none).') from e
 
 # %% ../nbs/02a_checkpoint.ipynb #265d1fc8
 def check_pretrained(source: str | Path | None  # what `load_pretrained` will be given: 'none', a file or a hub name
@@ -112,8 +158,8 @@ def check_pretrained(source: str | Path | None  # what `load_pretrained` will be
     path = Path(str(source)).expanduser()
     if path.exists(): return
     if str(source).endswith(_CKPT_SUFFIXES):
-        raise FileNotFoundError(f'Checkpoint file not found: {path}. Pass an existing file '
-                                '(-p pretrained <local file>), or train from random weights (-p pretrained none).')
+        raise UsageError(f'Checkpoint file not found: {path}. Pass an existing file (-p pretrained <local file>), '
+                         'or train from random weights (-p pretrained none).')
     with torch.random.fork_rng(devices=[]):  # fetching builds a model: the caller's random stream must not move
         _hub_state_dict(str(source))
 

@@ -23,8 +23,8 @@ import torch
 # %% auto #0
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
            'CXR_STD', 'MACHINE_KEYS', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast',
-           'get_data_dir', 'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions', 'code_version',
-           'science_hash', 'display_path']
+           'get_data_dir', 'UsageError', 'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions',
+           'code_version', 'science_hash', 'display_path', 'approx_duration']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -130,6 +130,12 @@ def get_data_dir(path: str | os.PathLike | None = None,  # an explicit folder; w
 # %% ../nbs/00_core.ipynb #4aab08de
 CXR_MEAN, CXR_STD = 0.5056, 0.252  # chest X-ray normalisation of the default recipe (the same for every channel)
 
+# %% ../nbs/00_core.ipynb #114dc11d
+class UsageError(Exception):
+    "A problem the user fixes (a missing folder, weights that cannot be fetched): shown as its message, no traceback."
+    def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of a traceback
+        return [f'{type(self).__name__}: {self}']
+
 # %% ../nbs/00_core.ipynb #a7c0e002
 def atomic_write(path: str | os.PathLike,  # the file to (re)write
                  data: str | bytes | None = None,  # its content
@@ -223,3 +229,10 @@ def display_path(p: str | os.PathLike) -> str:
         return os.path.relpath(p, here)
     if p.is_relative_to(Path.home()): return str(Path('~') / p.relative_to(Path.home()))
     return str(p)
+
+# %% ../nbs/00_core.ipynb #a943c7d9
+def approx_duration(seconds: float) -> str:
+    "A duration as a person reads an estimate: '40 s', '3 min', '2.5 h'."
+    if seconds < 90: return f'{max(1, round(seconds))} s'
+    if seconds < 90 * 60: return f'{round(seconds / 60)} min'
+    return f'{seconds / 3600:.1f} h'

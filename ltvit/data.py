@@ -20,18 +20,42 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .core import CHEXPERT_14, CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, get_data_dir, get_label_set
+from .core import (CHEXPERT_14, CXR_MEAN, CXR_STD, DATA_ENV, NIH_LABELS, UsageError, atomic_write, get_data_dir,
+                        get_label_set)
 
 # %% auto #0
-__all__ = ['NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS', 'UNCERTAINTY_POLICIES', 'MIXED_ONES',
-           'DataError', 'load_image', 'make_transform', 'parse_findings', 'read_nih_table', 'find_nih_images',
-           'read_split_list', 'patient_split', 'nih_split_table', 'CXRDataset', 'NIHChestXray14', 'read_nih_boxes',
-           'chexpert_targets', 'resolve_chexpert_path', 'CheXpert', 'make_chexpert_like', 'chexpert_record',
-           'write_chexpert_csvs']
+__all__ = ['DATA_LAYOUTS', 'NIH_ENTRY_FILES', 'NIH_COLUMNS', 'SPLITS', 'NIH_BOX_FRAME', 'CHEXPERT_COLUMNS',
+           'UNCERTAINTY_POLICIES', 'MIXED_ONES', 'DataError', 'data_folder', 'load_image', 'make_transform',
+           'parse_findings', 'read_nih_table', 'find_nih_images', 'read_split_list', 'patient_split', 'nih_split_table',
+           'CXRDataset', 'NIHChestXray14', 'read_nih_boxes', 'chexpert_targets', 'resolve_chexpert_path', 'CheXpert',
+           'make_chexpert_like', 'chexpert_record', 'write_chexpert_csvs']
 
 # %% ../nbs/01_data.ipynb #c4e6eacd
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     "Bad or missing data: the message names the file, row or column and what was expected."
+
+# %% ../nbs/01_data.ipynb #54d4b3fc
+DATA_LAYOUTS = {  # what each data set's folder holds, as released (the message of a folder that is not there)
+    'nih': 'images/*.png (or images_001/images/ ... images_012/images/), Data_Entry_2017.csv, train_val_list.txt, '
+           'test_list.txt, and BBox_List_2017.csv for the boxes',
+    'chexpert': 'train.csv, valid.csv and the image folders they name (CheXpert-v1.0-small/... or CheXpert-v1.0/...)',
+}
+
+# %% ../nbs/01_data.ipynb #1c6ac8b8
+def data_folder(root: str | os.PathLike | None,  # the folder given (None or '': the default)
+                name: str,  # the data set: 'nih' or 'chexpert'
+               ) -> Path:
+    "The data set's folder (`get_data_dir`); one that is not there is a `DataError` saying how to set it and what it holds."
+    path = get_data_dir(root, name)
+    if path.is_dir(): return path
+    given = root not in (None, '')
+    how = 'as given' if given else f'the default: ${DATA_ENV}/{name}' + ('' if os.environ.get(DATA_ENV) else
+                                                                        f', ${DATA_ENV} unset: ~/.cache/ltvit/data/{name}')
+    title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}.get(name, name)
+    raise DataError(f'{title} data folder not found: '
+                    f'{path} ({how}). Set it with -p data_dir /path/to/{name} (papermill), --data-dir (ltvit_train, '
+                    f'ltvit_cache), or ${DATA_ENV}=/path (the folder that holds {name}/). '
+                    f'Expected in it: {DATA_LAYOUTS.get(name, "the release files")}.')
 
 # %% ../nbs/01_data.ipynb #15666b43
 def _require_columns(df: pd.DataFrame, required: Sequence[str], path: Path):
@@ -295,8 +319,7 @@ class NIHChestXray14(CXRDataset):
                  skip_missing: bool = False,  # drop listed images that are missing (counted), instead of failing
                  cache=None,  # an opened preprocessing cache (`ltvit.cache.ImageCache`) to read images from
                  verbose: bool = True):
-        self.root = get_data_dir(root, 'nih')
-        if not self.root.is_dir(): raise DataError(f'NIH data folder not found: {self.root}')
+        self.root = data_folder(root, 'nih')
         table = nih_split_table(self.root, split, labels, val_frac, seed, subset, verbose=verbose)
         if views is not None:
             views = [v.upper() for v in views]
@@ -401,7 +424,7 @@ class CheXpert(CXRDataset):
                  skip_missing: bool = False,
                  cache=None):  # an opened preprocessing cache (`ltvit.cache.ImageCache`)
         if split not in SPLITS: raise ValueError(f'Unknown split {split!r}; expected one of {SPLITS}.')
-        self.root = get_data_dir(root, 'chexpert')
+        self.root = data_folder(root, 'chexpert')
         labels = list(get_label_set(labels)) if isinstance(labels, str) else list(labels)
         csv = self.root / ('valid.csv' if split == 'test' else 'train.csv')
         if not csv.is_file(): raise DataError(f'CheXpert file not found: {csv}')

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .core import code_version, git_commit, package_versions, repo_root, write_json
+from .core import approx_duration, code_version, git_commit, package_versions, repo_root, write_json
 
 # %% auto #0
 __all__ = ['REF', 'Run', 'Grid', 'run_state', 'run_code', 'run_status', 'checkout_path', 'training_notebook', 'check_folder',
@@ -256,6 +256,7 @@ def _execute(grid: Grid, root: Path, todo: list[str], status: dict, done: set, s
              log: Callable[[str], None]) -> tuple[dict, set]:
     "Run `todo` on `slots`, each once what it needs is done (an exclusive run alone); the failed and the blocked runs."
     failed, blocked, running, free, pending = {}, set(), {}, list(slots), list(todo)
+    t0, total = time.time(), len(todo)
     with ThreadPoolExecutor(len(slots)) as pool:
         while pending or running:
             for n in list(pending):
@@ -277,7 +278,10 @@ def _execute(grid: Grid, root: Path, todo: list[str], status: dict, done: set, s
                 try: rc, secs = fut.result()
                 except Exception as e: rc, secs = f'{type(e).__name__}: {e}', 0.0
                 if rc == 0 and (grid.folder(n, root) / 'metrics.json').is_file():
-                    done.add(n); log(f'  done     {n} ({secs:.0f} s)')
+                    done.add(n); k = total - len(pending) - len(running)  # ended, however
+                    left = (time.time() - t0) / k * (total - k)  # at the pace so far, at this concurrency
+                    log(f'  done     {n} ({secs:.0f} s) [{k}/{total} runs'
+                        + (f', about {approx_duration(left)} left]' if k < total else ']'))
                 else:
                     failed[n] = rc; log(f'  FAILED   {n} (exit {rc}); see {grid.folder(n, root) / "log.txt"}')
     return failed, blocked

@@ -665,15 +665,20 @@ def export_onnx(checkpoint: str | Path, path: str | Path, maps: bool = False, op
         onnx.save(m, str(tmp))
     return atomic_write(path, writer=write_with_metadata)
 
-# %% ../nbs/07_predict.ipynb #0db4768d
-def export_main(argv: Sequence[str] | None = None) -> int:
-    "Command line: `ltvit_export --checkpoint best.safetensors --onnx model.onnx [--maps]`."
+# %% ../nbs/07_predict.ipynb #a87b7714
+def _export_parser() -> argparse.ArgumentParser:
+    "The options of `ltvit_export`."
     p = argparse.ArgumentParser(prog='ltvit_export', description='Export a trained LT-ViT (or ViT) checkpoint.')
     p.add_argument('--checkpoint', required=True)
     p.add_argument('--onnx', required=True, help='the .onnx file to write')
     p.add_argument('--maps', action='store_true', help="also output every label's attention map (LT-ViT)")
     p.add_argument('--image-size-maps', action='store_true', help='maps upsampled to the image (as the report shows them)')
     p.add_argument('--opset', type=int, default=17)
-    a = p.parse_args(argv)
+    return p
+
+# %% ../nbs/07_predict.ipynb #0db4768d
+def export_main(argv: Sequence[str] | None = None) -> int:
+    "Command line: `ltvit_export --checkpoint best.safetensors --onnx model.onnx [--maps]`."
+    a = _export_parser().parse_args(argv)
     print(f'wrote {export_onnx(a.checkpoint, a.onnx, a.maps, a.opset, a.image_size_maps)}')
     return 0

@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
-from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, atomic_write, autocast, code_version, display_path, get_data_dir,
+from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, approx_duration, atomic_write, autocast, code_version, display_path,
                         get_device, get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
-from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, make_transform
+from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, data_folder, make_transform
 from .metrics import auc_report, calibration_report, operating_points
 from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
@@ -193,7 +193,7 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
                               seed=c.synthetic_seed, progress=verbose)
         labels = list(FINDINGS)
     else:
-        root = get_data_dir(c.data_dir, c.dataset)
+        root = data_folder(c.data_dir, c.dataset)
         labels = None
     cache = default_cache_dir(root, c.img_size)
     if c.dataset == 'synthetic':  # small: cache it at the training size (seconds), so training is not waiting on PNGs
@@ -593,10 +593,11 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         f'{c.model} ({record["n_params"] / 1e6:.2f} M parameters{", n2=%d" % c.n2 if c.model.startswith("ltvit") else ""}) on '
         f'{c.dataset}: {len(ds["train"])} train / {len(ds["val"])} val / {len(ds["test"])} test images, '
         f'{len(labels)} labels; '
-        f'{dev} {precision}, batch {c.batch_size}, lr {c.lr:.2e}, {c.epochs} epochs x {steps_per_epoch} steps.'
+        f'{dev} {precision}, batch {c.batch_size}, lr {c.lr:.2e}, {c.epochs} epochs x {steps_per_epoch} steps '
+        '(each epoch line says about how long is left).'
     )
-    t_start = time.time()
-    for epoch in range(state['epoch'] + 1, c.epochs):
+    t_start, first = time.time(), state['epoch'] + 1
+    for epoch in range(first, c.epochs):
         seed_everything((c.seed * 100003 + epoch) % 2**32)
         tr_sampler.set_epoch(epoch)
         loader = _loader(ds['train'], per_rank, tr_sampler, c.workers, seed=c.seed * 100003 + epoch, drop_last=True)
@@ -626,8 +627,10 @@ def train(config: TrainConfig, verbose: bool = True) -> dict:
         state['epoch'] = epoch
         if main: save_checkpoint(out, model, opt, sched, state)
         if world > 1: dist.barrier()
+        left = (time.time() - t_start) / (epoch - first + 1) * (c.epochs - epoch - 1)
         say(f'epoch {epoch + 1:3d}/{c.epochs}  train loss {tl:.4f}  val mean AUC {val["mean_auc"]:.4f}'
-            f'{"  (best)" if improved else ""}  {time.time() - t0:5.1f} s')
+            f'{"  (best)" if improved else "        "}  {time.time() - t0:5.1f} s'
+            + (f', about {approx_duration(left)} left' if epoch + 1 < c.epochs else ''))
         if stop: say(f'Stopped at max_steps={c.max_steps}.'); break
     where = _Where(out, dev, precision, world, rank, say)
     return _finish(
@@ -640,9 +643,9 @@ def _parse_value(v: str):
     try: return ast.literal_eval(v)
     except (ValueError, SyntaxError): return v
 
-# %% ../nbs/03_training_loop.ipynb #d541a3ae
-def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
-    "The `TrainConfig.for_dataset` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
+# %% ../nbs/03_training_loop.ipynb #0b4c061c
+def _parser() -> argparse.ArgumentParser:
+    "The options of `ltvit_train`: one per `TrainConfig` field."
     p = argparse.ArgumentParser(
         prog='ltvit_train', description='Train LT-ViT or a ViT baseline (see nbs/05_train.ipynb).'
     )
@@ -654,8 +657,13 @@ def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
             type=str,
             help=f'default {f.default!r}' + (' (else the data set\'s)' if f.name in RECIPE else ''),
         )
+    return p
+
+# %% ../nbs/03_training_loop.ipynb #d541a3ae
+def config_from_cli(argv: Sequence[str] | None = None) -> TrainConfig:
+    "The `TrainConfig.for_dataset` of command-line arguments `--name=value` (one per field; text fields are kept as typed)."
     text = {f.name for f in fields(TrainConfig) if 'str' in str(f.type)}  # kept as typed: --augment=none means none
-    a = {k: v if k in text else _parse_value(v) for k, v in vars(p.parse_args(argv)).items()}
+    a = {k: v if k in text else _parse_value(v) for k, v in vars(_parser().parse_args(argv)).items()}
     cfg = TrainConfig.for_dataset(**a)  # flags not given (or None) take the data set's values
     if 'out_dir' not in a: cfg.out_dir = str(default_out_dir(cfg.dataset, cfg.model))
     return cfg

@@ -228,6 +228,7 @@ def test_features_only(feature_cls):
             else: assert torch.allclose(f[:, 1:17], w, atol=1e-5)  # raw block outputs: CLS, patches (then labels in LT blocks)
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')  # deprecated, still supported: tested as timm tests it
 @pytest.mark.parametrize('config', list(CONFIGS))
 def test_torchscript_and_fx_match_eager(config):
     x, models = _each_eval_model(config)
@@ -323,6 +324,7 @@ def test_every_saved_model_reloads(how, tmp_path):
     assert back.label_names == model.label_names and back.lt_config() == model.lt_config()
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')  # deprecated, still supported: tested as timm tests it
 @pytest.mark.parametrize('name', ['ltvit_tiny_patch16_224', 'vit_tiny_patch16_224'])
 def test_fx_graph_scripts_as_in_timms_own_test(name):
     "timm's test_model_forward_fx_torchscript: trace with timm's no-trace lists, script the graph, run it (ViT as control)."
