@@ -28,7 +28,7 @@ COMMANDS = {  # console script: (module, the function that runs it with argv, th
     'ltvit_predict': ('ltvit.predict', 'main', '_parser'),
     'ltvit_export': ('ltvit.predict', 'export_main', '_export_parser'),
 }
-USAGE_ERRORS = ('UsageError', 'DataError')  # ltvit.core.UsageError and its subclasses (a test keeps this complete)
+USAGE_ERRORS = ('UsageError', 'DataError', 'ParameterError')  # ltvit.core.UsageError and its subclasses (a test keeps this complete)
 HELP_FILE = '_cli_help.json'
 HELP_COLUMNS = 100  # the width the stored help is formatted at
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .core import approx_duration, display_path, write_json
 from .data import DataError, data_folder, find_nih_images, load_image, read_nih_table, resolve_chexpert_path
+from .datasets import DATASET_READERS
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'default_cache_dir', 'resize_square', 'build_cache', 'ImageCache', 'dataset_images', 'cache_dataset',
@@ -156,7 +157,7 @@ class ImageCache:
 
 # %% ../nbs/01b_cache.ipynb #70a0a7c2
 def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tuple[list[str], list[Path]]:
-    "Every image id and file of a data set folder (all splits): 'nih', 'synthetic' or 'chexpert'."
+    "Every image id and file of a data set folder (all splits): 'nih', 'synthetic', 'chexpert', 'vindr' or 'own'."
     root = data_folder(root, dataset)
     if dataset in ('nih', 'synthetic'):
         table, found = read_nih_table(root, labels=()), find_nih_images(root)
@@ -171,7 +172,8 @@ def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tupl
             if not (root / f).is_file(): raise DataError(f'CheXpert file not found: {root / f}')
             ids += pd.read_csv(root / f, usecols=['Path'])['Path'].astype(str).tolist()
         return ids, [resolve_chexpert_path(root, i) for i in ids]
-    raise ValueError(f"Unknown dataset {dataset!r}; expected 'nih', 'synthetic' or 'chexpert'.")
+    if dataset in DATASET_READERS: return DATASET_READERS[dataset][1](root)
+    raise ValueError(f"Unknown dataset {dataset!r}; expected one of {['nih', 'synthetic', 'chexpert', *DATASET_READERS]}.")
 
 # %% ../nbs/01b_cache.ipynb #78735e74
 def cache_dataset(dataset: str, root: str | Path, size: int, out: str | Path | None = None, workers: int | None = None,
@@ -185,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     "The options of `ltvit_cache`."
     p = argparse.ArgumentParser(prog='ltvit_cache', description='Decode and resize a chest X-ray data set once, '
                                 'into a memory-mapped cache the ltvit loaders read (resumable).')
-    p.add_argument('--dataset', required=True, choices=['nih', 'synthetic', 'chexpert'])
+    p.add_argument('--dataset', required=True, choices=['nih', 'synthetic', 'chexpert', *DATASET_READERS])
     p.add_argument('--data-dir', required=True, help='the data set folder')
     p.add_argument('--size', type=int, default=224, help='training resolution in pixels (default 224)')
     p.add_argument('--out', default=None, help='cache folder (default: <data-dir>/ltvit_cache/<size>px)')

@@ -39,6 +39,10 @@ DATA_LAYOUTS = {  # what each data set's folder holds, as released (the message 
     'nih': 'images/*.png (or images_001/images/ ... images_012/images/), Data_Entry_2017.csv, train_val_list.txt, '
            'test_list.txt, and BBox_List_2017.csv for the boxes',
     'chexpert': 'train.csv, valid.csv and the image folders they name (CheXpert-v1.0-small/... or CheXpert-v1.0/...)',
+    'vindr': 'annotations/annotations_train.csv and annotations_test.csv (or train.csv), train/ and test/ with '
+             '<image_id>.dicom',
+    'own': 'labels.csv (a path column and one column per label; optional patient and split columns), the images it '
+           'names, optionally boxes.csv',
 }
 
 # %% ../nbs/01_data.ipynb #1c6ac8b8
@@ -51,7 +55,7 @@ def data_folder(root: str | os.PathLike | None,  # the folder given (None or '':
     given = root not in (None, '')
     how = 'as given' if given else f'the default: ${DATA_ENV}/{name}' + ('' if os.environ.get(DATA_ENV) else
                                                                         f', ${DATA_ENV} unset: ~/.cache/ltvit/data/{name}')
-    title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert'}.get(name, name)
+    title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert', 'vindr': 'VinDr-CXR', 'own': 'Own data'}.get(name, name)
     raise DataError(f'{title} data folder not found: '
                     f'{path} ({how}). Set it with -p data_dir /path/to/{name} (papermill), --data-dir (ltvit_train, '
                     f'ltvit_cache), or ${DATA_ENV}=/path (the folder that holds {name}/). '
@@ -65,9 +69,13 @@ def _require_columns(df: pd.DataFrame, required: Sequence[str], path: Path):
 
 # %% ../nbs/01_data.ipynb #d3392c55
 def load_image(path: str | Path) -> np.ndarray:
-    "Read an X-ray as an 8-bit greyscale `(H, W)` array, whatever its PNG/JPEG mode."
+    "Read an X-ray as an 8-bit greyscale `(H, W)` array: PNG/JPEG in any mode, or DICOM (rescaled, windowed, MONOCHROME1 inverted)."
     path = Path(path)
     if not path.is_file(): raise DataError(f'Image file not found: {path}')
+    if path.suffix.lower() in ('.dcm', '.dicom'):
+        from ltvit.predict import ImageRejected, read_dicom  # the one DICOM reader (prediction's), every check off
+        try: return read_dicom(path, allow=('modality', 'body_part', 'sop_class', 'view'))[0]
+        except ImageRejected as e: raise DataError(f'Unusable DICOM image {path}: {e}') from e
     try:
         with Image.open(path) as im:
             im.load()

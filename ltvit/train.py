@@ -32,18 +32,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .cache import ImageCache, cache_dataset, default_cache_dir
-from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, approx_duration, atomic_write, autocast, code_version, display_path,
+from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, UsageError, approx_duration, atomic_write, autocast, code_version, display_path,
                         get_device, get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, data_folder, make_transform
+from .datasets import VINDR_RULES, OwnData, VinDrCXR
 from .metrics import auc_report, calibration_report, operating_points
 from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_WEIGHTS', 'RECIPE', 'DATASET_DEFAULTS', 'parse_model_args', 'runs_root', 'default_out_dir',
-           'TrainConfig', 'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names', 'param_groups',
-           'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged', 'format_report', 'train',
-           'config_from_cli', 'main']
+           'ParameterError', 'TrainConfig', 'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names',
+           'param_groups', 'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged',
+           'format_report', 'train', 'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #32d1700a
 def parse_model_args(s: str | dict | None) -> dict:
@@ -72,15 +73,19 @@ def default_out_dir(dataset: str, model: str | None) -> Path:
     return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_training_loop.ipynb #be1b00a8
-DATASETS = ('synthetic', 'nih', 'chexpert')
+DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'own')
 
 PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
+
+# %% ../nbs/03_training_loop.ipynb #85cec9b9
+class ParameterError(UsageError, ValueError):
+    "A training parameter out of its range or of an unknown name: the message names the parameter and what it takes."
 
 # %% ../nbs/03_training_loop.ipynb #fc822d49
 @dataclass
 class TrainConfig:
     "Every parameter of a training run, with its help; the defaults are the CPU demo's (the parameters of `05_train`)."
-    dataset: str = 'synthetic'  # data set: synthetic, nih or chexpert
+    dataset: str = 'synthetic'  # data set: synthetic, nih, chexpert, vindr or own (a labels CSV of your own)
     data_dir: str | None = None  # data set folder (None: $LTVIT_DATA/<dataset>; synthetic data is generated there)
     subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
     model: str = 'ltvit_tiny_patch16_224'  # any ltvit_* model or a plain timm vit_* baseline
@@ -102,7 +107,8 @@ class TrainConfig:
     augment: str = 'none'  # RandAugment spec such as rand-m6-mstd0.5 (with random crops), or none
     hflip: float = 0.0  # horizontal flip probability (off by default, flips move the heart)
     chexpert_labels: str = 'chexpert5'  # CheXpert label set: chexpert5, chexpert13 or chexpert14
-    label_policy: str = 'mixed'  # CheXpert uncertain labels: ones, zeros, ignore (masked) or mixed
+    label_policy: str = 'mixed'  # uncertain (-1) labels of CheXpert and own data: ones, zeros, ignore (masked) or mixed
+    vindr_rule: str = 'any'  # VinDr-CXR training labels: any (a reader marked it) or majority (most readers did)
     val_frac: float = 0.1  # fraction of training patients held out for validation
     synthetic_patients: int = 1500  # synthetic data: patients (about two images each)
     synthetic_contrast: float = 1.0  # synthetic data: finding contrast (lower is harder)
@@ -129,7 +135,7 @@ RECIPE: dict = dict(  # the paper's recipe for real data: the fields where it di
     model='ltvit_small_patch16_224', model_args='', pretrained=PAPER_WEIGHTS, img_size=224, epochs=75, batch_size=256,
     lr=None, warmup_epochs=5.0, drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False)
 
-DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, 'nih': RECIPE, 'chexpert': RECIPE}
+DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, **{d: RECIPE for d in ('nih', 'chexpert', 'vindr', 'own')}}
 
 # %% ../nbs/03_training_loop.ipynb #e4d3f7e0
 @patch(cls_method=True)
@@ -138,7 +144,7 @@ def for_dataset(cls: TrainConfig,
                 **given,  # fields to set; None takes the data set's value
                ) -> TrainConfig:
     "The configuration of `dataset` with the `given` fields on top (what `05_train` and the command line build)."
-    if dataset not in DATASETS: raise ValueError(f'dataset={dataset!r} is not one of {DATASETS}.')
+    if dataset not in DATASETS: raise ParameterError(f'dataset={dataset!r} is not one of {DATASETS}.')
     unknown = sorted(set(given) - set(cls.parameter_names()))
     if unknown: raise TypeError(f'Unknown parameter(s) {unknown}; see TrainConfig.parameter_names().')
     given = {k: v for k, v in given.items() if v is not None}
@@ -156,11 +162,11 @@ def resolved(self: TrainConfig) -> TrainConfig:
     c.model_args = parse_model_args(c.model_args)
     if c.out_dir is None: c.out_dir = str(default_out_dir(c.dataset, c.model))
     if c.dataset not in DATASETS:
-        raise ValueError(f'dataset={c.dataset!r} is not one of {DATASETS}.')
+        raise ParameterError(f'dataset={c.dataset!r} is not one of {DATASETS}.')
     if c.pretrained in ('', 'None', None): c.pretrained = 'none'
     if not (c.model.startswith('ltvit_') or c.model.startswith('vit_')):
-        raise ValueError(f'model={c.model!r}: expected an ltvit_* model or a plain timm vit_* baseline.')
-    if c.model not in timm.list_models(): raise ValueError(f'model={c.model!r} is not a registered timm model.')
+        raise ParameterError(f'model={c.model!r}: expected an ltvit_* model or a plain timm vit_* baseline.')
+    if c.model not in timm.list_models(): raise ParameterError(f'model={c.model!r} is not a registered timm model.')
     if c.lr is None: c.lr = c.base_lr * c.batch_size / 256
     checks = {'img_size': c.img_size > 0, 'epochs': c.epochs > 0, 'batch_size': c.batch_size > 0, 'lr': c.lr > 0,
               'n2': c.n2 > 0, 'layer_decay': 0 < c.layer_decay <= 1, 'readout_lr_scale': c.readout_lr_scale > 0,
@@ -168,12 +174,13 @@ def resolved(self: TrainConfig) -> TrainConfig:
               'max_steps': c.max_steps >= 0, 'workers': c.workers >= 0, 'val_frac': 0 < c.val_frac < 1,
               'hflip': 0 <= c.hflip <= 1}
     bad = [k for k, ok in checks.items() if not ok]
-    if bad: raise ValueError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
-    if c.vit_pool not in ('token', 'avg'): raise ValueError(f"vit_pool={c.vit_pool!r}: expected 'token' or 'avg'.")
+    if bad: raise ParameterError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
+    if c.vit_pool not in ('token', 'avg'): raise ParameterError(f"vit_pool={c.vit_pool!r}: expected 'token' or 'avg'.")
     if c.vit_pool != 'token' and c.model.startswith('ltvit_'):
-        raise ValueError(f'vit_pool={c.vit_pool!r} sets the ViT baseline\'s pooling; LT-ViT reads its label tokens.')
+        raise ParameterError(f'vit_pool={c.vit_pool!r} sets the ViT baseline\'s pooling; LT-ViT reads its label tokens.')
     if c.label_policy not in UNCERTAINTY_POLICIES:
-        raise ValueError(f'label_policy={c.label_policy!r}: expected one of {UNCERTAINTY_POLICIES}.')
+        raise ParameterError(f'label_policy={c.label_policy!r}: expected one of {UNCERTAINTY_POLICIES}.')
+    if c.vindr_rule not in VINDR_RULES: raise ParameterError(f'vindr_rule={c.vindr_rule!r}: expected one of {VINDR_RULES}.')
     if c.augment in ('', 'none', 'None'): c.augment = 'none'
     return c
 
@@ -203,9 +210,15 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
         labels = labels or list(NIH_LABELS)
         make = lambda s, tf: NIHChestXray14(root, s, transform=tf, labels=labels, val_frac=c.val_frac, seed=c.seed,
                                             subset=c.subset, cache=cache, verbose=verbose and s == 'train')
-    else:
+    elif c.dataset == 'chexpert':
         make = lambda s, tf: CheXpert(root, s, transform=tf, labels=c.chexpert_labels, policy=c.label_policy,
                                       val_frac=c.val_frac, seed=c.seed, cache=cache)
+    elif c.dataset == 'vindr':
+        make = lambda s, tf: VinDrCXR(root, s, transform=tf, rule=c.vindr_rule, val_frac=c.val_frac, seed=c.seed,
+                                      cache=cache)
+    else:  # own: the labels CSV's splits, else patient-wise carve-outs
+        make = lambda s, tf: OwnData(root, s, transform=tf, policy=c.label_policy, val_frac=c.val_frac, seed=c.seed,
+                                     cache=cache)
     ds = {'train': make('train', tf_train), 'val': make('val', tf_eval), 'test': make('test', tf_eval)}
     if c.preload:
         if tf_train is not tf_eval:
