@@ -41,6 +41,7 @@ DATA_LAYOUTS = {  # what each data set's folder holds, as released (the message 
     'chexpert': 'train.csv, valid.csv and the image folders they name (CheXpert-v1.0-small/... or CheXpert-v1.0/...)',
     'vindr': 'annotations/annotations_train.csv and annotations_test.csv (or train.csv), train/ and test/ with '
              '<image_id>.dicom',
+    'rsna': 'stage_2_train_labels.csv, stage_2_detailed_class_info.csv and stage_2_train_images/<patientId>.dcm',
     'own': 'labels.csv (a path column and one column per label; optional patient and split columns), the images it '
            'names, optionally boxes.csv',
 }
@@ -55,7 +56,8 @@ def data_folder(root: str | os.PathLike | None,  # the folder given (None or '':
     given = root not in (None, '')
     how = 'as given' if given else f'the default: ${DATA_ENV}/{name}' + ('' if os.environ.get(DATA_ENV) else
                                                                         f', ${DATA_ENV} unset: ~/.cache/ltvit/data/{name}')
-    title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert', 'vindr': 'VinDr-CXR', 'own': 'Own data'}.get(name, name)
+    title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert', 'vindr': 'VinDr-CXR', 'rsna': 'RSNA Pneumonia',
+             'own': 'Own data'}.get(name, name)
     raise DataError(f'{title} data folder not found: '
                     f'{path} ({how}). Set it with -p data_dir /path/to/{name} (papermill), --data-dir (ltvit_train, '
                     f'ltvit_cache), or ${DATA_ENV}=/path (the folder that holds {name}/). '

@@ -335,7 +335,7 @@ def label_specificity(maps: torch.Tensor,  # `(B, C, H, W)`, every label's map o
 # %% ../nbs/04_interpret.ipynb #4fcac79d
 def dataset_boxes(ds, size: int) -> dict:
     "Boxes of a loader's images, keyed by row index, scaled to `size` px: {i: [(label, x, y, w, h)]}."
-    if not hasattr(ds, 'boxes'): raise DataError(f'{ds.name} has no boxes: localisation needs NIH, synthetic, VinDr-CXR or own data with boxes.csv.')
+    if not hasattr(ds, 'boxes'): raise DataError(f'{ds.name} has no boxes: localisation needs NIH, synthetic, VinDr-CXR, RSNA or own data with boxes.csv.')
     bx = ds.boxes(size=size)  # NIH's box file, VinDr-CXR's readers, an own data set's boxes.csv
     pos = {i: k for k, i in enumerate(ds.table['id'])}
     out = {}
@@ -403,7 +403,7 @@ def _boxed_batches(ds, max_images: int, batch_size: int):
 
 # %% ../nbs/04_interpret.ipynb #0551e46a
 def compare_localisation(model: LTViT,  # a trained LT-ViT
-                         ds,  # a split with boxes (`.boxes`: NIH, synthetic, VinDr-CXR, own data), eval transform
+                         ds,  # a split with boxes (`.boxes`: NIH, synthetic, VinDr-CXR, RSNA, own data), eval transform
                          baseline: torch.nn.Module | None = None,  # a trained plain ViT on the same labels
                          methods: Sequence[str] = ('attention', 'gradcam'),
                          max_images: int = 64, batch_size: int = 16, seed: int = 0,

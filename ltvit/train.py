@@ -35,7 +35,7 @@ from .cache import ImageCache, cache_dataset, default_cache_dir
 from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, UsageError, approx_duration, atomic_write, autocast, code_version, display_path,
                         get_device, get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, data_folder, make_transform
-from .datasets import VINDR_RULES, OwnData, VinDrCXR
+from .datasets import VINDR_RULES, OwnData, RSNAPneumonia, VinDrCXR
 from .metrics import auc_report, calibration_report, operating_points
 from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
@@ -73,7 +73,7 @@ def default_out_dir(dataset: str, model: str | None) -> Path:
     return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_training_loop.ipynb #be1b00a8
-DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'own')
+DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'rsna', 'own')
 
 PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
 
@@ -85,7 +85,7 @@ class ParameterError(UsageError, ValueError):
 @dataclass
 class TrainConfig:
     "Every parameter of a training run, with its help; the defaults are the CPU demo's (the parameters of `05_train`)."
-    dataset: str = 'synthetic'  # data set: synthetic, nih, chexpert, vindr or own (a labels CSV of your own)
+    dataset: str = 'synthetic'  # data set: synthetic, nih, chexpert, vindr, rsna or own (a labels CSV of your own)
     data_dir: str | None = None  # data set folder (None: $LTVIT_DATA/<dataset>; synthetic data is generated there)
     subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
     model: str = 'ltvit_tiny_patch16_224'  # any ltvit_* model or a plain timm vit_* baseline
@@ -135,7 +135,7 @@ RECIPE: dict = dict(  # the paper's recipe for real data: the fields where it di
     model='ltvit_small_patch16_224', model_args='', pretrained=PAPER_WEIGHTS, img_size=224, epochs=75, batch_size=256,
     lr=None, warmup_epochs=5.0, drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False)
 
-DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, **{d: RECIPE for d in ('nih', 'chexpert', 'vindr', 'own')}}
+DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, **{d: RECIPE for d in ('nih', 'chexpert', 'vindr', 'rsna', 'own')}}
 
 # %% ../nbs/03_training_loop.ipynb #e4d3f7e0
 @patch(cls_method=True)
@@ -216,6 +216,8 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
     elif c.dataset == 'vindr':
         make = lambda s, tf: VinDrCXR(root, s, transform=tf, rule=c.vindr_rule, val_frac=c.val_frac, seed=c.seed,
                                       cache=cache)
+    elif c.dataset == 'rsna':
+        make = lambda s, tf: RSNAPneumonia(root, s, transform=tf, val_frac=c.val_frac, seed=c.seed, cache=cache)
     else:  # own: the labels CSV's splits, else patient-wise carve-outs
         make = lambda s, tf: OwnData(root, s, transform=tf, policy=c.label_policy, val_frac=c.val_frac, seed=c.seed,
                                      cache=cache)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ltvit.data import DataError
-from ltvit.datasets import VINDR_LABELS, OwnData, VinDrCXR, read_own_table, vindr_labels
+from ltvit.datasets import VINDR_LABELS, OwnData, RSNAPneumonia, VinDrCXR, read_own_table, read_rsna_labels, vindr_labels
 from ltvit.predict import write_test_dicom
 
 BIN = Path(sys.executable).parent
@@ -74,6 +74,41 @@ def test_vindr_boxes_are_the_readers_boxes_of_positive_findings(vindr_table, tmp
     assert rows[0] > rows[1] > 0  # majority keeps fewer boxes than any
 
 
+@pytest.fixture(scope='module')
+def rsna_table():
+    "The RSNA Pneumonia stage-2 training labels (30,227 rows, 26,684 images) from the torchxrayvision wheel."
+    from importlib.resources import files
+    return pd.read_csv(files('torchxrayvision') / 'data' / 'kaggle_stage_2_train_labels.csv.zip', dtype={'patientId': str})
+
+
+def _rsna_folder(root: Path, rows: pd.DataFrame, images=(), size=1024) -> Path:
+    (root / 'stage_2_train_images').mkdir(parents=True, exist_ok=True)
+    rows.to_csv(root / 'stage_2_train_labels.csv', index=False)
+    for i in images: write_test_dicom(root / 'stage_2_train_images' / f'{i}.dcm', np.full((size, size), 90, np.uint8))
+    return root
+
+
+def test_rsna_labels_equal_torchxrayvisions_on_every_image(rsna_table, tmp_path):
+    import torchxrayvision as xrv
+    txv = xrv.datasets.RSNA_Pneumonia_Dataset(imgpath=str(tmp_path), views=['PA', 'AP'])  # every view
+    theirs = pd.Series(txv.labels[:, txv.pathologies.index('Pneumonia')], index=txv.csv['patientId'].astype(str))
+    rows = read_rsna_labels(_rsna_folder(tmp_path / 'rsna', rsna_table))
+    ours = rows.groupby('patientId')['Target'].first()
+    assert len(ours) == len(theirs) == 26684 and (ours.loc[theirs.index] == theirs).all()
+    ids = list(rsna_table.dropna(subset=['x'])['patientId'].drop_duplicates()[:8]) + list(rsna_table[rsna_table['Target'] == 0]['patientId'][:8])
+    root = _rsna_folder(tmp_path / 'rsna8', rsna_table[rsna_table['patientId'].isin(ids)], ids)
+    parts = [RSNAPneumonia(root, s, val_frac=0.25, test_frac=0.25) for s in ('train', 'val', 'test')]
+    assert sorted(i for d in parts for i in d.table['id']) == sorted(ids)  # every image in exactly one split
+    b = pd.concat([d.boxes() for d in parts])
+    want = rsna_table[rsna_table['patientId'].isin(ids)].dropna(subset=['x'])
+    assert len(b) == len(want) and np.allclose(np.sort(b['w']), np.sort(want['width']))
+    bad = rsna_table.head(50).copy(); bad.loc[bad.index[3], 'Target'] = 2
+    with pytest.raises(DataError, match='row 5: Target must be 0 or 1'): read_rsna_labels(_rsna_folder(tmp_path / 'bad', bad))
+    detail = pd.DataFrame({'patientId': rsna_table['patientId'].head(10), 'class': 'Normal'})
+    root = _rsna_folder(tmp_path / 'detail', rsna_table.head(10)); detail.to_csv(root / 'stage_2_detailed_class_info.csv', index=False)
+    with pytest.raises(DataError, match="is 'Normal' but Target 1"): read_rsna_labels(root)
+
+
 def test_vindr_layout_errors_name_the_file(tmp_path):
     (tmp_path / 'v').mkdir()
     with pytest.raises(DataError, match='annotations_train.csv.*neither|neither.*annotations_train.csv'):
@@ -116,6 +151,8 @@ def test_own_data_labels_masks_and_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.csv: row 7: split 'training'"): read_own_table(tmp_path / 'bad.csv')
     bad = pd.read_csv(root / 'labels.csv'); bad.loc[5, 'patient'] = 'p0'; bad.to_csv(root / 'labels2.csv', index=False)
     with pytest.raises(DataError, match="patient 'p0' has images in two splits"): OwnData(root / 'labels2.csv', 'train')
+    bad = pd.read_csv(root / 'labels.csv'); bad.loc[9, 'patient'] = None; bad.to_csv(tmp_path / 'nopatient.csv', index=False)
+    with pytest.raises(DataError, match='nopatient.csv: row 11 has no patient'): read_own_table(tmp_path / 'nopatient.csv')
     os.remove(root / 'img' / '0.png')
     with pytest.raises(DataError, match='missing, e.g.'): OwnData(root, 'train')
 
@@ -134,7 +171,12 @@ def test_own_data_and_vindr_train_cache_and_localise_end_to_end(tmp_path, vindr_
     assert r.returncode == 0 and '48 images cached at 32px' in r.stdout, r.stdout + r.stderr[-2000:]
     small = dict(model='ltvit_tiny_patch16_224', model_args='patch_size:8', img_size=32, epochs=1, batch_size=8,
                  pretrained='none', workers=0, augment='none', n_boot=20)
-    for name, folder in (('own', own), ('vindr', None)):
+    for name, folder in (('own', own), ('rsna', None), ('vindr', None)):
+        if name == 'rsna':
+            ids = [f'r{k}' for k in range(40)]
+            rows = pd.DataFrame({'patientId': ids, 'x': np.nan, 'y': np.nan, 'width': np.nan, 'height': np.nan,
+                                 'Target': [k % 3 == 0 for k in range(40)]}).astype({'Target': int})
+            folder = _rsna_folder(tmp_path / 'rsna', rows, ids, size=64)
         if name == 'vindr':
             ids = list(vindr_table.dropna(subset=['x_min'])['image_id'].drop_duplicates()[:40])
             ann = vindr_table[vindr_table['image_id'].isin(ids)]
