@@ -157,7 +157,7 @@ class ImageCache:
 
 # %% ../nbs/01b_cache.ipynb #70a0a7c2
 def dataset_images(dataset: str, root: str | Path, subset: bool = False) -> tuple[list[str], list[Path]]:
-    "Every image id and file of a data set folder (all splits): 'nih', 'synthetic', 'chexpert', 'vindr' or 'own'."
+    "Every image id and file of a data set folder (all splits): 'nih', 'synthetic', 'chexpert' or a `DATASET_READERS` name."
     root = data_folder(root, dataset)
     if dataset in ('nih', 'synthetic'):
         table, found = read_nih_table(root, labels=()), find_nih_images(root)

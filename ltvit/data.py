@@ -42,13 +42,16 @@ DATA_LAYOUTS = {  # what each data set's folder holds, as released (the message 
     'vindr': 'annotations/annotations_train.csv and annotations_test.csv (or train.csv), train/ and test/ with '
              '<image_id>.dicom',
     'rsna': 'stage_2_train_labels.csv, stage_2_detailed_class_info.csv and stage_2_train_images/<patientId>.dcm',
+    'siim': 'train-rle.csv (stage 1) or stage_2_train.csv (stage 2) and the DICOM folders (<ImageId>.dcm at any depth)',
+    'padchest': 'PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv(.gz) and the PNGs in its numbered ImageDir folders',
+    'mimic': 'mimic-cxr-2.0.0-chexpert.csv, -split.csv and -metadata.csv (or .csv.gz) and files/pNN/p<subject>/s<study>/',
     'own': 'labels.csv (a path column and one column per label; optional patient and split columns), the images it '
            'names, optionally boxes.csv',
 }
 
 # %% ../nbs/01_data.ipynb #1c6ac8b8
 def data_folder(root: str | os.PathLike | None,  # the folder given (None or '': the default)
-                name: str,  # the data set: 'nih' or 'chexpert'
+                name: str,  # the data set: a key of `DATA_LAYOUTS`
                ) -> Path:
     "The data set's folder (`get_data_dir`); one that is not there is a `DataError` saying how to set it and what it holds."
     path = get_data_dir(root, name)
@@ -57,7 +60,7 @@ def data_folder(root: str | os.PathLike | None,  # the folder given (None or '':
     how = 'as given' if given else f'the default: ${DATA_ENV}/{name}' + ('' if os.environ.get(DATA_ENV) else
                                                                         f', ${DATA_ENV} unset: ~/.cache/ltvit/data/{name}')
     title = {'nih': 'NIH ChestX-ray14', 'chexpert': 'CheXpert', 'vindr': 'VinDr-CXR', 'rsna': 'RSNA Pneumonia',
-             'own': 'Own data'}.get(name, name)
+             'siim': 'SIIM-ACR Pneumothorax', 'padchest': 'PadChest', 'mimic': 'MIMIC-CXR-JPG', 'own': 'Own data'}.get(name, name)
     raise DataError(f'{title} data folder not found: '
                     f'{path} ({how}). Set it with -p data_dir /path/to/{name} (papermill), --data-dir (ltvit_train, '
                     f'ltvit_cache), or ${DATA_ENV}=/path (the folder that holds {name}/). '
@@ -82,8 +85,9 @@ def load_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if im.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
-                a = np.asarray(im, dtype=np.float64)
-                return np.clip(np.round(a / 65535.0 * 255.0), 0, 255).astype(np.uint8)
+                a = np.asarray(im, dtype=np.float64)  # from the bit depth its values use (PadChest: 12 bits in 16)
+                bits = next((b for b in (8, 10, 12, 14) if a.size and a.max() < 2 ** b), 16)
+                return np.clip(np.round(a / (2 ** bits - 1) * 255.0), 0, 255).astype(np.uint8)
             if im.mode == 'F':
                 return np.clip(np.round(np.asarray(im) * 255.0), 0, 255).astype(np.uint8)
             if im.mode in ('RGBA', 'LA', 'PA'): im = im.convert('RGB')

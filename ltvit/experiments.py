@@ -199,13 +199,14 @@ def _synthetic_inputs(g: Grid, P: dict, base: dict) -> tuple[dict, dict]:
     return data, weights
 
 # %% ../nbs/06a_experiments.ipynb #29e60113
-def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
+def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir, vindr_dir=None) -> tuple[dict, dict]:
     "Paper preset: the real data sets (each cached once at the training size) and the hub weights."
     data = {
         'nih': dict(dataset='nih', data_dir=nih_dir),
         'chexpert': dict(dataset='chexpert', data_dir=chexpert_dir, chexpert_labels='chexpert5', label_policy='mixed'),
+        'vindr': dict(dataset='vindr', data_dir=vindr_dir, vindr_rule='any'),  # localisation on radiologists' boxes
     }
-    for ds, d in (('nih', nih_dir), ('chexpert', chexpert_dir)):
+    for ds, d in (('nih', nih_dir), ('chexpert', chexpert_dir), ('vindr', vindr_dir)):
         g.add(
             Run(
                 f'cache-{ds}',
@@ -222,6 +223,7 @@ def _real_inputs(g: Grid, P: dict, nih_dir, chexpert_dir) -> tuple[dict, dict]:
 def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
               nih_dir: str | None = None,  # paper: the NIH ChestX-ray14 folder (None: $LTVIT_DATA/nih)
               chexpert_dir: str | None = None,  # paper: the CheXpert folder (None: $LTVIT_DATA/chexpert)
+              vindr_dir: str | None = None,  # paper: the VinDr-CXR folder (None: $LTVIT_DATA/vindr)
              ) -> Grid:
     "The grid of every run behind the paper's tables and figures, at a preset's scale."
     if preset not in PRESETS: raise ValueError(f'preset={preset!r}: expected one of {sorted(PRESETS)}.')
@@ -232,7 +234,7 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
     base = dict(img_size=P['img_size'], epochs=P['epochs'], batch_size=P['batch_size'], lr=P['lr'],
                 layer_decay=P['layer_decay'], augment=P['augment'], drop_path=P['drop_path'], workers=P['workers'],
                 preload=P['preload'], n_boot=P['n_boot'], seed=0)
-    data, weights = (_synthetic_inputs(g, P, base) if synthetic else _real_inputs(g, P, nih_dir, chexpert_dir))
+    data, weights = (_synthetic_inputs(g, P, base) if synthetic else _real_inputs(g, P, nih_dir, chexpert_dir, vindr_dir))
     weights['random'] = [('none', P['size'], 'random initialisation')]
     recipe = f"layer decay {P['layer_decay']}"
 
@@ -273,6 +275,11 @@ def make_grid(preset: str = 'quick',  # 'paper', 'quick' or 'tiny'
                                    max_images=P['loc_images'], val_images=P['loc_val_images'],
                                    n_examples=P['n_examples'], n_boot=P['n_boot']), 'task',
               'ltvit.experiments:localisation_task', tags=[{'table': 'localisation'}, {'table': 'maps'}]))
+    if not synthetic:  # real data: the same comparison on VinDr-CXR's radiologists' boxes (its consensus test part)
+        vr = {a: '{run:' + train_run('vindr', a, main, tags=[{'table': 'localisation_vindr_models', 'model': MODEL_NAMES[a],
+                                                              'dataset': 'VinDr-CXR'}]).name + '}' for a in ('ltvit', 'vit')}
+        g.add(Run('localisation-vindr', dict(g.runs['localisation'].params, lt_run=vr['ltvit'], vit_run=vr['vit']), 'task',
+                  'ltvit.experiments:localisation_task', tags=[{'table': 'localisation_vindr'}]))
     for seed in seeds:  # the main and initialisation tables: every cell trained with each seed
         for ds in ('nih', 'chexpert'):
             for arch in ('vit', 'ltvit'):
@@ -478,6 +485,7 @@ def speed_task(out: Path, size: str = 'small', model_args: str = '', img_size: i
 DATA_SIZES = {  # images used by the paper preset (frontal views for CheXpert)
     'nih': {'train_val': 86_524, 'test': 25_596},  # the official split lists
     'chexpert': {'train_val': 191_027, 'test': 202},  # train.csv and valid.csv, frontal
+    'vindr': {'train_val': 15_000, 'test': 3_000},  # annotations_train.csv and annotations_test.csv
 }
 
 # %% ../nbs/06a_experiments.ipynb #2239ab2d
@@ -530,8 +538,9 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
     total = est['GPU hours'].sum()
     lines = [f'Estimated GPU time: {total:.0f} GPU hours for {len(est)} training runs '
              f'(about {total / max(1, gpus):.0f} h of wall time on {max(1, gpus)} GPU(s)).']
+    w = max(map(len, by_table), default=0)
     lines += [
-        f'  {t:12s} {h:7.1f} GPU hours (runs shared between tables count in each)' for t, h in sorted(by_table.items())
+        f'  {t:{w}s} {h:7.1f} GPU hours (runs shared between tables count in each)' for t, h in sorted(by_table.items())
     ]
     lines.append(
         f'Assumptions: {gpu_tflops:.0f} TFLOP/s sustained per GPU, {loader_images_per_s:.0f} images/s from the data '
@@ -542,7 +551,8 @@ def format_estimate(est: pd.DataFrame, gpu_tflops: float, loader_images_per_s: f
 # %% ../nbs/06a_experiments.ipynb #4f224a05
 PAPER_NOTEBOOKS = {  # notebook -> the tables (run tags) it reads
     'main_comparison': ('main',), 'initialisations': ('init', 'pretrain', 'probe'), 'ablation_n2': ('ablation',),
-    'attention_maps': ('maps',), 'localisation': ('localisation', 'localisation_models'), 'speed': ('speed',),
+    'attention_maps': ('maps',), 'speed': ('speed',),
+    'localisation': ('localisation', 'localisation_models', 'localisation_vindr', 'localisation_vindr_models'),
 }
 
 # %% ../nbs/06a_experiments.ipynb #8c7130b4
@@ -559,6 +569,7 @@ def published_dir(preset: str) -> Path:
 def load_grid(preset: str, runs: str | Path | None = None,
               nih_dir: str | None = None,  # paper: given folders win over recorded ones
               chexpert_dir: str | None = None,
+              vindr_dir: str | None = None,
               published: bool = False,  # no `runs` and no grid in `runs_dir(preset)`: read `published_dir(preset)`
               log=print) -> tuple[Grid, Path]:
     "The current grid of `preset` and its folder; paper-preset data folders default to those in its `grid.json`."
@@ -569,8 +580,8 @@ def load_grid(preset: str, runs: str | Path | None = None,
             f'{root.relative_to(repo_root(root))} (what `ltvit_paper --preset {preset} --publish` committed).')
     if PRESETS.get(preset, {}).get('data') == 'real' and (root / 'grid.json').is_file():
         for r in json.loads((root / 'grid.json').read_text())['runs'].values():
-            if r['name'] in ('cache-nih', 'cache-chexpert'): dirs[f'{r["name"][6:]}_dir'] = r['params']['data_dir']
-    dirs.update({k: v for k, v in (('nih_dir', nih_dir), ('chexpert_dir', chexpert_dir)) if v is not None})
+            if r['name'] in ('cache-nih', 'cache-chexpert', 'cache-vindr'): dirs[f'{r["name"][6:]}_dir'] = r['params']['data_dir']
+    dirs.update({k: v for k, v in (('nih_dir', nih_dir), ('chexpert_dir', chexpert_dir), ('vindr_dir', vindr_dir)) if v is not None})
     return make_grid(preset, **dirs), root
 
 # %% ../nbs/06a_experiments.ipynb #83b0f781
@@ -675,6 +686,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--gpus', default=None, help="one run per GPU: 'auto' or indices such as 0,1,2,3")
     p.add_argument('--nih-dir', default=None, help='paper preset: NIH ChestX-ray14 folder (default $LTVIT_DATA/nih)')
     p.add_argument('--chexpert-dir', default=None, help='paper preset: CheXpert folder (default $LTVIT_DATA/chexpert)')
+    p.add_argument('--vindr-dir', default=None, help='paper preset: VinDr-CXR folder (default $LTVIT_DATA/vindr)')
     p.add_argument('--status', action='store_true', help='print the status of every run and stop')
     p.add_argument('--dry-run', action='store_true', help='print what would run (and the GPU-hour estimate) and stop')
     p.add_argument('--yes', action='store_true', help='start the paper preset without asking')
@@ -689,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "Command line: run a preset's grid (or part of it), then the figure and table notebooks."
     p = _parser()
     a = p.parse_args(argv)
-    grid, root = load_grid(a.preset, a.runs, a.nih_dir, a.chexpert_dir)  # later calls need not repeat the data folders
+    grid, root = load_grid(a.preset, a.runs, a.nih_dir, a.chexpert_dir, a.vindr_dir)  # later calls need not repeat the data folders
     tables = [t.strip() for t in a.tables.split(',')] if a.tables else None
     known = {t for v in PAPER_NOTEBOOKS.values() for t in v}
     if tables and set(tables) - known:

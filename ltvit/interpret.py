@@ -185,7 +185,7 @@ def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the 
     return fig
 
 # %% ../nbs/04_interpret.ipynb #c27810e3
-FOCAL = ('Mass', 'Nodule')  # focal findings (small, one place); the others are diffuse or large
+FOCAL = ('Mass', 'Nodule', 'Nodule/Mass')  # focal findings (small, one place; VinDr-CXR's Nodule/Mass); the rest diffuse
 
 # %% ../nbs/04_interpret.ipynb #33c14d70
 def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:

@@ -35,7 +35,7 @@ from .cache import ImageCache, cache_dataset, default_cache_dir
 from .core import (CXR_MEAN, CXR_STD, NIH_LABELS, UsageError, approx_duration, atomic_write, autocast, code_version, display_path,
                         get_device, get_precision, git_commit, package_versions, repo_root, seed_everything, write_json)
 from .data import UNCERTAINTY_POLICIES, CheXpert, NIHChestXray14, data_folder, make_transform
-from .datasets import VINDR_RULES, OwnData, RSNAPneumonia, VinDrCXR
+from .datasets import DATASET_READERS, NIH_EXPERT_FROM_NIH, PADCHEST_LABEL_SETS, VINDR_RULES, NIHExpertLabels, expert_scores
 from .metrics import auc_report, calibration_report, operating_points
 from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, save_model
 from .synthetic import FINDINGS, make_synthetic
@@ -73,7 +73,7 @@ def default_out_dir(dataset: str, model: str | None) -> Path:
     return runs_root() / f'{dataset}-{model or "preset"}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 # %% ../nbs/03_training_loop.ipynb #be1b00a8
-DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'rsna', 'own')
+DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'rsna', 'siim', 'padchest', 'mimic', 'own')
 
 PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
 
@@ -85,7 +85,7 @@ class ParameterError(UsageError, ValueError):
 @dataclass
 class TrainConfig:
     "Every parameter of a training run, with its help; the defaults are the CPU demo's (the parameters of `05_train`)."
-    dataset: str = 'synthetic'  # data set: synthetic, nih, chexpert, vindr, rsna or own (a labels CSV of your own)
+    dataset: str = 'synthetic'  # data set: synthetic, nih, chexpert, vindr, rsna, siim, padchest, mimic or own (a labels CSV)
     data_dir: str | None = None  # data set folder (None: $LTVIT_DATA/<dataset>; synthetic data is generated there)
     subset: bool = False  # NIH only: the folder holds part of the release, e.g. the 500-image sample
     model: str = 'ltvit_tiny_patch16_224'  # any ltvit_* model or a plain timm vit_* baseline
@@ -106,9 +106,11 @@ class TrainConfig:
     drop_path: float = 0.0  # stochastic depth rate
     augment: str = 'none'  # RandAugment spec such as rand-m6-mstd0.5 (with random crops), or none
     hflip: float = 0.0  # horizontal flip probability (off by default, flips move the heart)
-    chexpert_labels: str = 'chexpert5'  # CheXpert label set: chexpert5, chexpert13 or chexpert14
-    label_policy: str = 'mixed'  # uncertain (-1) labels of CheXpert and own data: ones, zeros, ignore (masked) or mixed
+    chexpert_labels: str = 'chexpert5'  # CheXpert and MIMIC-CXR label set: chexpert5, chexpert13 or chexpert14
+    label_policy: str = 'mixed'  # uncertain (-1) labels of CheXpert, MIMIC-CXR, own data: ones, zeros, ignore or mixed
     vindr_rule: str = 'any'  # VinDr-CXR training labels: any (a reader marked it) or majority (most readers did)
+    padchest_labels: str = 'common'  # PadChest label set: common (28), findings (174), diagnoses (19) or all
+    expert_test: bool = False  # NIH only: also test on Google's expert labels (four_findings_expert_labels/)
     val_frac: float = 0.1  # fraction of training patients held out for validation
     synthetic_patients: int = 1500  # synthetic data: patients (about two images each)
     synthetic_contrast: float = 1.0  # synthetic data: finding contrast (lower is harder)
@@ -135,7 +137,7 @@ RECIPE: dict = dict(  # the paper's recipe for real data: the fields where it di
     model='ltvit_small_patch16_224', model_args='', pretrained=PAPER_WEIGHTS, img_size=224, epochs=75, batch_size=256,
     lr=None, warmup_epochs=5.0, drop_path=0.2, augment='rand-m6-mstd0.5', workers=8, preload=False)
 
-DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, **{d: RECIPE for d in ('nih', 'chexpert', 'vindr', 'rsna', 'own')}}
+DATASET_DEFAULTS: dict[str, dict] = {'synthetic': {}, **{d: RECIPE for d in DATASETS if d != 'synthetic'}}
 
 # %% ../nbs/03_training_loop.ipynb #e4d3f7e0
 @patch(cls_method=True)
@@ -181,6 +183,10 @@ def resolved(self: TrainConfig) -> TrainConfig:
     if c.label_policy not in UNCERTAINTY_POLICIES:
         raise ParameterError(f'label_policy={c.label_policy!r}: expected one of {UNCERTAINTY_POLICIES}.')
     if c.vindr_rule not in VINDR_RULES: raise ParameterError(f'vindr_rule={c.vindr_rule!r}: expected one of {VINDR_RULES}.')
+    if c.padchest_labels not in PADCHEST_LABEL_SETS:
+        raise ParameterError(f'padchest_labels={c.padchest_labels!r}: expected one of {PADCHEST_LABEL_SETS}.')
+    if c.expert_test and c.dataset != 'nih':
+        raise ParameterError(f'expert_test=True tests a model trained on nih; dataset is {c.dataset!r}.')
     if c.augment in ('', 'none', 'None'): c.augment = 'none'
     return c
 
@@ -210,18 +216,17 @@ def build_datasets(c: TrainConfig, verbose: bool = True) -> tuple[dict, list[str
         labels = labels or list(NIH_LABELS)
         make = lambda s, tf: NIHChestXray14(root, s, transform=tf, labels=labels, val_frac=c.val_frac, seed=c.seed,
                                             subset=c.subset, cache=cache, verbose=verbose and s == 'train')
-    elif c.dataset == 'chexpert':
-        make = lambda s, tf: CheXpert(root, s, transform=tf, labels=c.chexpert_labels, policy=c.label_policy,
-                                      val_frac=c.val_frac, seed=c.seed, cache=cache)
-    elif c.dataset == 'vindr':
-        make = lambda s, tf: VinDrCXR(root, s, transform=tf, rule=c.vindr_rule, val_frac=c.val_frac, seed=c.seed,
-                                      cache=cache)
-    elif c.dataset == 'rsna':
-        make = lambda s, tf: RSNAPneumonia(root, s, transform=tf, val_frac=c.val_frac, seed=c.seed, cache=cache)
-    else:  # own: the labels CSV's splits, else patient-wise carve-outs
-        make = lambda s, tf: OwnData(root, s, transform=tf, policy=c.label_policy, val_frac=c.val_frac, seed=c.seed,
-                                     cache=cache)
+    else:  # the others: each class takes its data set's options (MIMIC-CXR has its official split)
+        cls = CheXpert if c.dataset == 'chexpert' else DATASET_READERS[c.dataset][0]
+        opts = {'chexpert': dict(labels=c.chexpert_labels, policy=c.label_policy), 'vindr': dict(rule=c.vindr_rule),
+                'mimic': dict(labels=c.chexpert_labels, policy=c.label_policy), 'padchest': dict(labels=c.padchest_labels),
+                'own': dict(policy=c.label_policy)}.get(c.dataset, {})
+        if c.dataset != 'mimic': opts.update(val_frac=c.val_frac, seed=c.seed)
+        make = lambda s, tf: cls(root, s, transform=tf, cache=cache, **opts)
     ds = {'train': make('train', tf_train), 'val': make('val', tf_eval), 'test': make('test', tf_eval)}
+    if c.expert_test:  # read now, so a missing label file stops the run before training, not after
+        ds['expert_test'] = NIHExpertLabels(root, 'test', transform=tf_eval, labels=list(NIH_EXPERT_FROM_NIH),
+                                            skip_missing=c.subset, cache=cache)
     if c.preload:
         if tf_train is not tf_eval:
             raise ValueError("preload=True needs a deterministic training transform: augment='none' and hflip=0.")
@@ -517,6 +522,7 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
                        world)
     pv, yv, mv, _ = run('val')  # the operating points are chosen on validation
     p, y, m, ids = run('test')
+    if 'expert_test' in ds and rank != 0: run('expert_test')  # every rank takes part in the gather
     if rank != 0:
         if world > 1: dist.barrier()
         return {}
@@ -540,6 +546,12 @@ def _finish(c: TrainConfig, w: _Where, model, ds: dict, labels: list[str], state
     pred = pd.DataFrame({'id': ids, **{f'true_{l}': y[:, j].astype(int) for j, l in enumerate(labels)},
                          **{f'prob_{l}': p[:, j] for j, l in enumerate(labels)}})
     atomic_write(out / 'predictions.csv', pred.to_csv(index=False))
+    if 'expert_test' in ds:  # Google's expert labels: each scored by the largest of its NIH counterparts' scores
+        pe, ye, me, _ = run('expert_test')
+        ex = ds['expert_test']
+        scores = expert_scores(pe, labels)[ex.labels].to_numpy()
+        metrics['expert_test'] = {'n_images': len(ex), 'from_nih_labels': {l: list(NIH_EXPERT_FROM_NIH[l]) for l in ex.labels},
+                                  **auc_report(ye, scores, ex.labels, mask=me, n_boot=c.n_boot, seed=c.seed)}
     _plots(out, hist, y, p, labels, rep['per_class_auc'], cal)
     write_json(out / 'metrics.json', metrics)  # last: its presence marks a finished run
     if world > 1: dist.barrier()
@@ -565,6 +577,10 @@ def format_report(metrics: dict, out: str | Path) -> str:
     for l, a in metrics['per_class_auc'].items():
         c_ = ci.get(l, [float('nan')] * 2)
         lines.append(f'{l:22s} {a:6.3f}  {c_[0]:6.3f}-{c_[1]:5.3f}  {metrics["positives"][l]:9d}')
+    if 'expert_test' in metrics:
+        e = metrics['expert_test']
+        lines.append(f'\nOn the expert labels (NIH test films, {e["n_images"]} images): mean AUC {e["mean_auc"]:.4f}; '
+                     + ', '.join(f'{l} {a:.3f}' for l, a in e['per_class_auc'].items()))
     out = Path(out)
     lines += [
         f'\nRun folder {display_path(out)}:',
