@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from .cache import cache_dataset
 from .core import (atomic_write, autocast, display_path, get_data_dir, get_device, get_precision, repo_root,
                         write_json)
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
+from .slurm import SlurmOptions, slurm_status, submit_grid
 from .interpret import (CEILING, attention_maps, choose_layer, compare_localisation, dataset_boxes, gradcam_maps,
                              label_maps, localisation_differences, prior_maps)
 from .checkpoint import load_model
@@ -692,6 +694,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--yes', action='store_true', help='start the paper preset without asking')
     p.add_argument('--no-notebooks', action='store_true', help='run the grid only')
     p.add_argument('--publish', action='store_true', help='refresh nbs/paper (figures, tables, executed notebooks)')
+    s = p.add_argument_group('Slurm (--launcher slurm: one sbatch job per run, in its folder)')
+    s.add_argument('--launcher', default='local', choices=['local', 'slurm'],
+                   help='local: runs on this machine (default); slurm: each missing run submitted as a Slurm job')
+    s.add_argument('--partition', default=None, help='Slurm partition (default: the cluster default)')
+    s.add_argument('--account', default=None, help='Slurm account (default: yours)')
+    s.add_argument('--time', default='12:00:00', help='time limit per job; longer runs are requeued and resume')
+    s.add_argument('--gpus-per-run', type=int, default=1, help='GPUs per node for each run (0: CPU partition)')
+    s.add_argument('--cpus-per-run', type=int, default=8, help='CPUs per node for each run')
+    s.add_argument('--mem', default=None, help='memory per node, e.g. 64G')
+    s.add_argument('--nodes', type=int, default=1, help='nodes per training run (torchrun under srun)')
+    s.add_argument('--sbatch', default='', help="further sbatch options, e.g. '--qos=high --constraint=a100'")
+    s.add_argument('--no-wait', action='store_true', help='submit and return (see --status; then run again for the notebooks)')
+    s.add_argument('--poll', type=float, default=30.0, help='seconds between looks at the queue while waiting')
     p.add_argument('--gpu-tflops', type=float, default=300.0, help='sustained TFLOP/s per GPU for the estimate')
     p.add_argument('--loader-rate', type=float, default=2900.0, help='data loader images/s per GPU for the estimate')
     return p
@@ -710,9 +725,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if only and set(only) - set(grid.runs):
         p.error(f'--only: no runs named {sorted(set(only) - set(grid.runs))} in the {a.preset} grid.')
     if tables: only = (only or []) + [r.name for t in tables for r in grid.select(table=t)]
+    slurm = a.launcher == 'slurm' or any((grid.folder(n, root) / 'slurm.json').is_file() for n in grid.runs)
     if a.status:
-        st = run_status(grid, root)
-        print(f'Grid {a.preset!r} in {root}'); print(st[['name', 'status', 'id']].to_string(index=False)); return 0
+        st = slurm_status(grid, root) if slurm else run_status(grid, root)
+        cols = ['name', 'status', 'job', 'slurm', 'id'] if slurm else ['name', 'status', 'id']
+        print(f'Grid {a.preset!r} in {root}'); print(st[cols].to_string(index=False)); return 0
     gpus = a.gpus if a.gpus in (None, 'auto') else [int(i) for i in a.gpus.split(',')]
     if PRESETS[a.preset]['data'] == 'real':
         sub = Grid(grid.preset, [grid.runs[n] for n in grid.order(only)])
@@ -725,7 +742,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error('the paper preset needs --yes to start without a terminal (see the estimate above).')
             if input('Start? [y/N] ').strip().lower() not in ('y', 'yes'): return 1
     t = time.time()
-    try: run_grid(grid, root, only=only, jobs=a.jobs, gpus=gpus, dry_run=a.dry_run)
+    try:
+        if a.launcher == 'slurm':
+            opts = SlurmOptions(partition=a.partition, account=a.account, time=a.time, gpus=a.gpus_per_run,
+                                cpus=a.cpus_per_run, mem=a.mem, nodes=a.nodes, extra=shlex.split(a.sbatch))
+            submit_grid(grid, root, opts, only=only, wait=not a.no_wait, poll_s=a.poll, dry_run=a.dry_run)
+            if a.no_wait and not a.dry_run:
+                print(f'Submitted. Follow the jobs with: ltvit_paper --preset {a.preset} --runs {root} --status; run this '
+                      'command again without --no-wait for the notebooks once they are done.'); return 0
+        else: run_grid(grid, root, only=only, jobs=a.jobs, gpus=gpus, dry_run=a.dry_run)
     except GridFailed as e: print(f'\n{e}', file=sys.stderr); return 1
     if a.dry_run:
         st = run_status(grid, root); todo = st[st['name'].isin(grid.order(only)) & (st['status'] != 'finished')]

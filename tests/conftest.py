@@ -40,3 +40,20 @@ def notebook_outputs():
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: trains models or runs a grid (minutes); `./dev test -m "not slow"` '
                                        'is the fast tier for the edit loop, CI runs everything')
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory):
+    "A one-node Slurm of this machine (Debian's slurmctld, slurmd, munge), started here; skipped with the reason."
+    import shutil
+    from ltvit.slurm import local_cluster, stop_cluster
+    if not shutil.which('sbatch') or not shutil.which('slurmctld', path='/usr/sbin:' + os.environ.get('PATH', '')):
+        pytest.skip('Slurm is not installed (apt-get install slurmctld slurmd munge slurm-client; .ci/run installs them)')
+    if os.geteuid() != 0: pytest.skip('slurmd must run as root to start jobs; run the tests as root (CI does)')
+    env = local_cluster(tmp_path_factory.mktemp('slurm'), port=16837)
+    old = os.environ.get('SLURM_CONF')
+    os.environ['SLURM_CONF'] = env['SLURM_CONF']
+    yield env
+    stop_cluster(env)
+    if old is None: os.environ.pop('SLURM_CONF', None)
+    else: os.environ['SLURM_CONF'] = old

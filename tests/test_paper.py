@@ -171,3 +171,31 @@ def test_published_pages_re_execute_from_the_committed_results(tmp_path):
         assert meta['missing'] == [], f.name
         committed = pd.read_csv(ROOT / 'nbs' / 'paper' / 'tables' / f.name)
         pd.testing.assert_frame_equal(pd.read_csv(f), committed, check_exact=True, obj=f.name)
+
+
+def test_tiny_grid_through_slurm_gives_the_local_launchers_tables(tiny, site, slurm_cluster, tmp_path):
+    "`--launcher slurm` on a real one-node Slurm: every run a job in its folder, the same numbers and tables."
+    grid, local, _ = tiny
+    _, local_out = site
+    root = tmp_path / 'tiny-slurm'
+    t = time.time()
+    r = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--launcher', 'slurm', '--gpus-per-run', '0',
+                    '--cpus-per-run', '1', '--time', '30:00', '--poll', '2', '--no-notebooks', timeout=2400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    print(f'tiny grid through Slurm: {time.time() - t:.0f} s')
+    assert f'{len(grid)} runs, 0 finished, 0 already queued, {len(grid)} submitted.' in r.stdout
+    st = run_status(grid, root)
+    assert (st['status'] == 'finished').all(), st[st['status'] != 'finished']
+    for n in grid.runs:  # every run: one job, its script and Slurm's output in its folder; the same numbers
+        d = grid.folder(n, root)
+        assert (d / 'slurm-job.sh').is_file() and len(list(d.glob('slurm-*.out'))) == 1
+        mine, theirs = (json.loads((f / 'metrics.json').read_text()) for f in (d, grid.folder(n, local)))
+        if 'mean_auc' in theirs: assert abs(mine['mean_auc'] - theirs['mean_auc']) < 1e-6, n
+    out = tmp_path / 'out'
+    run_paper_notebooks('tiny', root, ['main_comparison', 'ablation_n2'], save_dir=out, log=lambda s: None)
+    for name in ('main_comparison', 'ablation_n2'):
+        assert pd.read_csv(out / 'tables' / f'{name}.csv').equals(pd.read_csv(local_out / 'tables' / f'{name}.csv')), name
+    again = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--launcher', 'slurm', '--no-notebooks')
+    assert f'{len(grid)} finished, 0 already queued, 0 submitted.' in again.stdout
+    status = ltvit_paper('--preset', 'tiny', '--runs', str(root), '--status')
+    assert 'COMPLETED' in status.stdout and ' job ' in status.stdout.splitlines()[1]
