@@ -114,9 +114,9 @@ def job_states(ids: Sequence[str]) -> dict[str, str]:
     ids = [str(i) for i in ids]
     if not ids: return {}
     states = {}
-    for line in _slurm('squeue', '--noheader', '--format=%i|%T', f'--jobs={",".join(ids)}', '--states=all').splitlines():
-        i, st = line.strip().split('|')
-        states[i] = st
+    for line in _slurm('squeue', '--noheader', '--format=%i|%T', '--me', '--states=all').splitlines():  # not --jobs:
+        i, st = line.strip().split('|')  # it fails outright when one of the ids has been purged
+        if i in ids: states[i] = st
     for i in ids:
         if i in states: continue
         r = subprocess.run(['scontrol', 'show', 'job', i], capture_output=True, text=True)

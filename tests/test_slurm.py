@@ -90,3 +90,4 @@ def test_a_failed_run_cancels_the_runs_after_it(slurm_cluster, tmp_path):
     st = slurm_status(g, root).set_index('name')
     assert st.at['bad', 'slurm'] == 'FAILED' and st.at['after', 'slurm'] == 'CANCELLED'
     assert 'no_such_task' in (g.folder('bad', root) / 'log.txt').read_text()
+    assert job_states(['999999', st.at['bad', 'job']]) == {'999999': 'GONE', st.at['bad', 'job']: 'FAILED'}  # long gone
