@@ -199,11 +199,11 @@ def box_mask(boxes: Sequence[tuple], size: tuple[int, int]) -> torch.Tensor:
     return m
 
 # %% ../nbs/04_interpret.ipynb #0645cd2f
-def _peak_hit(mp: torch.Tensor, mk: torch.Tensor) -> bool:
-    "Whether a maximum of map `mp` lies in mask `mk` (ties: any maximum)."
-    if mp.max() <= 0: return False
+def _peak_hit(mp: torch.Tensor, mk: torch.Tensor) -> float:
+    "The pointing-game credit of map `mp` for mask `mk`: the share of its tied maxima inside the mask (0 for a null map)."
+    if mp.max() <= 0: return 0.0
     peak = torch.nonzero(mp == mp.max())
-    return bool(mk[peak[:, 0], peak[:, 1]].any())
+    return float(mk[peak[:, 0], peak[:, 1]].float().mean())  # fractional credit: a flat map earns the box's share
 
 # %% ../nbs/04_interpret.ipynb #3860713e
 def localisation_scores(maps: torch.Tensor,  # `(B, C, H, W)`

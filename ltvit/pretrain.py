@@ -31,11 +31,11 @@ from .metrics import auc_report
 from .train import TrainConfig, build_datasets, parse_model_args
 
 # %% auto #0
-__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'pretrain_images', 'make_backbone', 'PretrainMethod', 'run_pretraining',
-           'Supervised', 'pretrain_supervised', 'augment_views', 'WeightNormLinear', 'DINOHead', 'MultiCropWrapper',
-           'dino_momentum', 'DINO', 'pretrain_dino', 'MaskedAutoencoder', 'MAE', 'pretrain_mae', 'standin_file',
-           'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task', 'pretrain_task', 'frozen_features',
-           'linear_probe', 'probe_task']
+__all__ = ['ATTRIBUTES', 'STANDIN_FILES', 'PROBE_C', 'PROBE_C_LIMITS', 'pretrain_images', 'make_backbone', 'PretrainMethod',
+           'run_pretraining', 'Supervised', 'pretrain_supervised', 'augment_views', 'WeightNormLinear', 'DINOHead',
+           'MultiCropWrapper', 'dino_momentum', 'DINO', 'pretrain_dino', 'MaskedAutoencoder', 'MAE', 'pretrain_mae',
+           'standin_file', 'save_dino_checkpoint', 'save_mae_checkpoint', 'pretrain_images_task', 'pretrain_task',
+           'frozen_features', 'linear_probe', 'probe_task']
 
 # %% ../nbs/03a_pretrain.ipynb #84d89496
 ATTRIBUTES = ('rotation', 'scale', 'shift_x', 'shift_y', 'exposure', 'gamma', 'body', 'lung_h')
@@ -460,13 +460,14 @@ def frozen_features(backbone: VisionTransformer,  # a timm ViT (any head: its to
     return torch.cat(out).numpy()
 
 # %% ../nbs/03a_pretrain.ipynb #b7e1a0c3
-PROBE_C = (0.01, 0.1, 1.0, 10.0)  # inverse regularisation strengths tried on validation
+PROBE_C = (0.01, 0.1, 1.0, 10.0)  # inverse regularisation strengths tried first on validation
+PROBE_C_LIMITS = (1e-6, 1e6)  # the grid grows by 10x past a chosen end, within these
 
 # %% ../nbs/03a_pretrain.ipynb #429c4bcd
 def linear_probe(feats: dict[str, np.ndarray],  # split ('train', 'val', 'test') -> features `(N, F)`
                  targets: dict[str, np.ndarray],  # split -> labels `(N, C)` in {0, 1}
                  labels: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
-    "Logistic regression per label on frozen features (C chosen on validation mean AUC); its test `auc_report`."
+    "Logistic regression per label on frozen features, C chosen inside its grid on validation; test and val reports."
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     scale = StandardScaler().fit(feats['train'])
@@ -479,10 +480,19 @@ def linear_probe(feats: dict[str, np.ndarray],  # split ('train', 'val', 'test')
             lr = LogisticRegression(C=C, max_iter=2000).fit(f['train'], y)
             p[:, j] = lr.predict_proba(f[split])[:, 1]
         return p
-    val = {C: auc_report(targets['val'], scores(C, 'val'), labels, n_boot=0)['mean_auc'] for C in PROBE_C}
-    best = max(PROBE_C, key=lambda C: val[C])
+    grid = list(PROBE_C); val = {}
+    while True:  # widen the grid past a chosen end until the choice lies inside it
+        val.update({C: auc_report(targets['val'], scores(C, 'val'), labels, n_boot=0)['mean_auc'] for C in grid
+                    if C not in val})
+        top = [C for C in grid if val[C] >= max(val[c] for c in grid) - 1e-12]
+        best = top[len(top) // 2]  # ties: the middle of the tied values, so a flat end does not widen the grid
+        if best == grid[0] and best / 10 >= PROBE_C_LIMITS[0]: grid.insert(0, best / 10)
+        elif best == grid[-1] and best * 10 <= PROBE_C_LIMITS[1]: grid.append(best * 10)
+        else: break
     rep = auc_report(targets['test'], scores(best, 'test'), labels, n_boot=n_boot, seed=seed)
-    return {**rep, 'C': best, 'val_mean_auc': val[best]}
+    vrep = auc_report(targets['val'], scores(best, 'val'), labels, n_boot=n_boot, seed=seed)
+    return {**rep, 'C': best, 'C_grid': grid, 'C_inside': grid[0] < best < grid[-1], 'val_mean_auc': val[best],
+            'val_mean_auc_ci95': vrep.get('mean_auc_ci95', [float('nan')] * 2)}
 
 # %% ../nbs/03a_pretrain.ipynb #b7e1a0c4
 def probe_task(out: Path, data: str,  # the fine-tuning data set folder (synthetic phantoms, NIH layout)
@@ -506,7 +516,9 @@ def probe_task(out: Path, data: str,  # the fine-tuning data set folder (synthet
         if file: load_pretrained(net, file, verbose=False)
         rep = linear_probe({s: frozen_features(net, v) for s, v in x.items()}, y, labels, n_boot)
         rows.append({'initial weights': name, 'test mean AUC': rep['mean_auc'], 'low': rep['mean_auc_ci95'][0],
-                     'high': rep['mean_auc_ci95'][1], 'val mean AUC': rep['val_mean_auc'], 'C': rep['C']})
+                     'high': rep['mean_auc_ci95'][1], 'val mean AUC': rep['val_mean_auc'],
+                     'val low': rep['val_mean_auc_ci95'][0], 'val high': rep['val_mean_auc_ci95'][1], 'C': rep['C'],
+                     'C grid': f"{rep['C_grid'][0]:g} to {rep['C_grid'][-1]:g}", 'C inside grid': rep['C_inside']})
     table = pd.DataFrame(rows)
     atomic_write(Path(out) / 'probe.csv', table.to_csv(index=False))
     return {r['initial weights']: round(r['test mean AUC'], 4) for r in rows}

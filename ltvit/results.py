@@ -22,10 +22,11 @@ from .grid import Grid, run_state
 from .metrics import bootstrap_indices, fast_auc, percentile_interval
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'RULE', 'RunResult', 'read_run', 'collect', 'ResultTable',
-           'run_table', 'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs',
-           'seed_table', 'seed_difference_table', 'constant_table', 'Artefacts', 'page_summary', 'corrected_level',
-           'verdict', 'page_verdict']
+__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'CONVERGED_BY', 'RULE', 'CLAIM3', 'CLAIM3_REFERENCES', 'RunResult',
+           'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table', 'paired_auc_difference',
+           'difference_table', 'seed_runs', 'corrected_level', 'seed_interval', 'seed_table', 'seed_difference_table',
+           'constant_table', 'Artefacts', 'page_summary', 'verdict', 'convergence', 'validation_curves', 'claim_family',
+           'family_note', 'cell_gates', 'gate_table', 'page_verdict', 'claim3_verdict']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -286,15 +287,31 @@ def seed_runs(grid: Grid, root: str | Path, select: dict, index: Sequence[str]) 
         runs.sort(key=lambda r: r.tag.get('seed', 0))
     return cells
 
+# %% ../nbs/06b_results.ipynb #bdc062c1
+def corrected_level(comparisons: int, alpha: float = 0.05) -> float:
+    "Bonferroni: each interval's coverage so that `comparisons` intervals hold together with probability 1 - alpha."
+    if comparisons < 1: raise ValueError(f'comparisons must be at least 1, got {comparisons}.')
+    return 1 - alpha / comparisons
+
 # %% ../nbs/06b_results.ipynb #762c0618
-def _seed_boot(per_seed: np.ndarray,  # `(S, n_boot)`: a statistic per seed, per resample of the test images
-               seed: int = 0) -> np.ndarray:
-    "Two-level bootstrap: for each image resample, the mean over seeds drawn with replacement."
-    S, n_boot = per_seed.shape
-    pick = bootstrap_indices(S, n_boot, [seed, 1])
-    with warnings.catch_warnings():  # a resample where every seed's AUC is undefined is NaN, and dropped by the caller
-        warnings.simplefilter('ignore', RuntimeWarning)
-        return np.nanmean(per_seed[pick, np.arange(n_boot)[:, None]], axis=1)
+def seed_interval(values: Sequence[float],  # one value per seed (a test AUC, or a paired difference), NaN left out
+                  level: float = 0.95,  # coverage: 0.95, or `corrected_level(k)` for k Bonferroni-corrected tests
+                 ) -> dict:
+    "Mean over seeds with a Student-t interval, the one-sample t-test's p, and the sign pattern (seed as the unit)."
+    from scipy import stats
+    if not 0 < level < 1: raise ValueError(f'level={level}: expected a coverage between 0 and 1.')
+    v = np.asarray(values, np.float64).ravel(); v = v[np.isfinite(v)]
+    n, nan = len(v), float('nan')
+    out = {'mean': float(v.mean()) if n else nan, 'sd': float(v.std(ddof=1)) if n > 1 else nan, 'n': n,
+           'low': nan, 'high': nan, 'p': nan, 'positive': int((v > 0).sum()), 'negative': int((v < 0).sum()),
+           'sign_p': nan, 'level': level}
+    if n >= 2:
+        se = out['sd'] / math.sqrt(n); q = float(stats.t.ppf(0.5 + level / 2, n - 1))
+        out.update(low=out['mean'] - q * se, high=out['mean'] + q * se)
+        out['p'] = float(2 * stats.t.sf(abs(out['mean']) / se, n - 1)) if se > 0 else float(out['mean'] == 0)
+    signs = out['positive'] + out['negative']  # seeds with a difference of exactly 0 carry no sign
+    if signs: out['sign_p'] = float(stats.binomtest(out['positive'], signs, 0.5).pvalue)
+    return out
 
 # %% ../nbs/06b_results.ipynb #0a15e845
 def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
@@ -308,22 +325,20 @@ def _index(keys: list[tuple], names: Sequence[str]) -> pd.Index:
 def seed_table(grid: Grid, root: str | Path, name: str,
                select: dict,  # tag values that pick the runs, e.g. {'table': 'main'}
                index: Sequence[str],  # tag fields that name a cell, e.g. ('dataset', 'model'); runs differ by 'seed'
-               n_boot: int = 1000, seed: int = 0,
                tag_columns: dict[str, str] | None = None,  # column -> tag field shown as is
               ) -> ResultTable:
-    "Per cell: mean test AUC (%) over seeds, SD across seeds, each seed's AUC, and a seeds-and-images 95% interval."
+    "Per cell: each seed's test AUC (%), their mean with a t-interval over seeds, their SD, and validation AUC."
     cells = seed_runs(grid, root, select, index)
-    cols = ['Mean AUC (%)', 'SD across seeds', '95% CI low', '95% CI high', 'seeds', 'per seed']
+    cols = ['Mean AUC (%)', 'SD across seeds', '95% CI low', '95% CI high', 'seeds', 'per seed', 'val AUC (%)']
     rows, src = [], []
     for runs in cells.values():
         row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(runs); row['per seed'] = MISSING
         if all(r.finished for r in runs):
-            full, per = _resampled_aucs(runs, n_boot, seed)
-            full, boot = 100 * full, _seed_boot(100 * per, seed)
-            low, high = percentile_interval(boot)
-            row.update({'Mean AUC (%)': full.mean(), 'SD across seeds': full.std(ddof=1) if len(full) > 1 else 0.0,
-                        '95% CI low': low, '95% CI high': high,
-                        'per seed': ', '.join(f'{v:.1f}' for v in full)})
+            full = 100 * _resampled_aucs(runs, 1)[0]  # each seed's mean AUC on the shared test images
+            s = seed_interval(full)
+            row.update({'Mean AUC (%)': s['mean'], 'SD across seeds': s['sd'] if len(full) > 1 else 0.0,
+                        '95% CI low': s['low'], '95% CI high': s['high'], 'per seed': ', '.join(f'{v:.1f}' for v in full),
+                        'val AUC (%)': 100 * np.mean([r.metrics.get('best_val_mean_auc', np.nan) for r in runs])})
         row.update({c: runs[0].tag.get(t, '') for c, t in (tag_columns or {}).items()})
         rows.append(row); src.append(tuple(r.name for r in runs))
     allc = cols + list(tag_columns or {})
@@ -331,42 +346,43 @@ def seed_table(grid: Grid, root: str | Path, name: str,
     values = pd.DataFrame(rows, index=idx_, columns=allc)
     sources = pd.DataFrame([[s] * len(allc) for s in src], index=idx_, columns=allc)
     runs = {r.name: r for rs in cells.values() for r in rs}
-    fm = {**dict.fromkeys(cols[:4], '.1f'), 'seeds': '.0f'}
+    fm = {**dict.fromkeys(cols[:4], '.1f'), 'seeds': '.0f', 'val AUC (%)': '.1f'}
     return ResultTable(name, values, sources, runs, grid, Path(root), fm)
 
 # %% ../nbs/06b_results.ipynb #13c2f4e0
 def seed_difference_table(grid: Grid, root: str | Path, name: str,
                           pairs: dict[str, tuple[list[RunResult], list[RunResult]]],  # row -> (a runs, b runs) by seed
-                          index_name: str = 'comparison', n_boot: int = 1000, seed: int = 0,
-                          comparisons: int = 1,  # tests of one claim: > 1 adds Bonferroni-corrected intervals
+                          index_name: str = 'comparison',
+                          comparisons: int = 1,  # the family's size: > 1 adds Bonferroni-corrected intervals
                          ) -> ResultTable:
-    "Mean-AUC differences `b - a` (points) paired seed by seed on the same images, combined over seeds, with intervals."
-    cols = ['difference (points)', '95% CI low', '95% CI high', 'p (bootstrap)', 'seeds', 'per seed']
+    "Mean-AUC differences `b - a` (points) paired seed by seed on the same images, with a t-interval over seeds."
+    cols = ['difference (points)', '95% CI low', '95% CI high', 'p (t-test)', 'seeds', 'positive seeds', 'sign-test p',
+            'per seed']
     if comparisons > 1: cols[3:3] = ['corrected CI low', 'corrected CI high']
     rows, src = [], []
     for a_runs, b_runs in pairs.values():
         sa = [r.tag.get('seed', 0) for r in a_runs]; sb = [r.tag.get('seed', 0) for r in b_runs]
         if sa != sb: raise ValueError(f'{name}: the runs are not paired by seed ({sa} vs {sb}).')
-        row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(a_runs); row['per seed'] = MISSING
+        row = dict.fromkeys(cols, float('nan')); row['seeds'] = len(a_runs)
+        row['per seed'] = row['positive seeds'] = MISSING
         if all(r.finished for r in [*a_runs, *b_runs]):
             k = len(a_runs)
-            full, per = _resampled_aucs([*a_runs, *b_runs], n_boot, seed)
-            full, boot = 100 * (full[k:] - full[:k]), _seed_boot(100 * (per[k:] - per[:k]), seed)
-            boot = boot[np.isfinite(boot)]
-            low, high = percentile_interval(boot)
-            row.update({'difference (points)': full.mean(), '95% CI low': low, '95% CI high': high,
-                        'p (bootstrap)': _two_sided_p(boot),
-                        'per seed': ', '.join(f'{v:+.1f}' for v in full)})
+            full, _ = _resampled_aucs([*a_runs, *b_runs], 1)  # each run's mean AUC on the shared test images
+            per = 100 * (full[k:] - full[:k])
+            s = seed_interval(per)
+            row.update({'difference (points)': s['mean'], '95% CI low': s['low'], '95% CI high': s['high'],
+                        'p (t-test)': s['p'], 'positive seeds': f"{s['positive']} of {s['n']}", 'sign-test p': s['sign_p'],
+                        'per seed': ', '.join(f'{v:+.1f}' for v in per)})
             if comparisons > 1:
-                low, high = percentile_interval(boot, corrected_level(comparisons))
-                row.update({'corrected CI low': low, 'corrected CI high': high})
+                c = seed_interval(per, corrected_level(comparisons))
+                row.update({'corrected CI low': c['low'], 'corrected CI high': c['high']})
         rows.append(row); src.append(tuple(r.name for r in [*a_runs, *b_runs]))
     idx_ = pd.Index(list(pairs), name=index_name)
     values = pd.DataFrame(rows, index=idx_, columns=cols)
     sources = pd.DataFrame([[s] * len(cols) for s in src], index=idx_, columns=cols)
     runs = {r.name: r for ab in pairs.values() for rs in ab for r in rs}
-    fm = {**dict.fromkeys([c for c in cols if 'CI' in c or c.startswith('diff')], '+.2f'), 'p (bootstrap)': '.3f',
-          'seeds': '.0f'}
+    fm = {**dict.fromkeys([c for c in cols if 'CI' in c or c.startswith('diff')], '+.2f'), 'p (t-test)': '.3f',
+          'sign-test p': '.3f', 'seeds': '.0f'}
     return ResultTable(name, values, sources, runs, grid, Path(root), fm)
 
 # %% ../nbs/06b_results.ipynb #4bfb46a4
@@ -500,13 +516,8 @@ def page_summary(claim: str,  # the claim the page tests, one sentence
 
 # %% ../nbs/06b_results.ipynb #e5c1a0d2
 VERDICTS = ('supported', 'not supported', 'contradicted', 'cannot be tested at this scale')
-COMPETENT_AUC = 0.80  # mean test AUC a model must reach before its comparison says anything
-
-# %% ../nbs/06b_results.ipynb #bdc062c1
-def corrected_level(comparisons: int, alpha: float = 0.05) -> float:
-    "Bonferroni: each interval's coverage so that `comparisons` intervals hold together with probability 1 - alpha."
-    if comparisons < 1: raise ValueError(f'comparisons must be at least 1, got {comparisons}.')
-    return 1 - alpha / comparisons
+COMPETENT_AUC = 0.80  # mean validation AUC (over seeds) a cell must reach before its comparison says anything
+CONVERGED_BY = 0.8  # a run has converged when its best validation epoch lies in this first share of its schedule
 
 # %% ../nbs/06b_results.ipynb #11a8eae0
 def verdict(low: Sequence[float],  # each difference's corrected lower bound
@@ -522,9 +533,84 @@ def verdict(low: Sequence[float],  # each difference's corrected lower bound
     return 'supported' if (low > 0).all() else 'not supported'
 
 # %% ../nbs/06b_results.ipynb #e5c1a0d3
-RULE = ('every difference the claim predicts positive must have its interval, Bonferroni-corrected for the number of '
-        'differences, above 0 (supported); one below 0 contradicts it; otherwise not supported; cannot be tested when '
-        'the models or pre-trainings do not beat their floors.')
+RULE = ('every difference the claim predicts positive must have its family-corrected interval (Bonferroni over the '
+        'declared family) above 0 (supported); one below 0 contradicts it; otherwise not supported. Differences of '
+        'classifiers are taken seed by seed and their interval is a t-interval over seeds (the seed is the unit of '
+        'replication). Cannot be tested when a cell has fewer than two seeds, when its models do not reach the '
+        'competence floor on validation, have not converged (best validation epoch in the first 80% of the schedule '
+        'in at least 80% of the seeds), or start from pre-trainings that do not beat random features on validation.')
+
+# %% ../nbs/06b_results.ipynb #51ac0903
+def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seeds)
+                by: float = CONVERGED_BY,  # the share of the schedule the best epoch must fall in
+               ) -> dict:
+    "Whether a cell's runs converged: the best validation epoch in the first `by` of the schedule in `by` of the seeds."
+    best = [int(r.metrics['best_epoch']) for r in runs]
+    epochs = [int((r.config or {}).get('config', {}).get('epochs') or r.metrics['epochs_run']) for r in runs]
+    early = sum(b <= by * e for b, e in zip(best, epochs))
+    return {'best epochs': best, 'epochs': epochs, 'early': early, 'seeds': len(runs),
+            'converged': bool(runs) and early >= math.ceil(by * len(runs) - 1e-9)}
+
+# %% ../nbs/06b_results.ipynb #a69da8ab
+def validation_curves(runs: Sequence[RunResult]) -> pd.DataFrame:
+    "A cell's validation mean AUC per epoch (rows) for each seed (columns), from the runs' `history.csv`."
+    cols = {}
+    for r in runs:
+        h = pd.read_csv(r.folder / 'history.csv')
+        cols[r.tag.get('seed', 0)] = h.set_index('epoch')['val_mean_auc']
+    return pd.DataFrame(cols).rename_axis(index='epoch', columns='seed')
+
+# %% ../nbs/06b_results.ipynb #795fc37e
+def claim_family(grid: Grid) -> list[tuple[str, str]]:
+    "The LT-ViT - ViT comparisons the verdicts of claims 1 and 2 read, each once: (data set, initial weights)."
+    out = []
+    for r in grid.runs.values():
+        for t in r.tags:
+            main = t.get('table') == 'main' and t.get('recipe') != 'no layer decay'
+            if main or t.get('table') == 'init': out.append((t['dataset'], t['init']))
+    return list(dict.fromkeys(out))
+
+# %% ../nbs/06b_results.ipynb #cb1d65eb
+def family_note(family: Sequence, what: str = 'claims 1 and 2') -> str:
+    "One sentence naming a verdict's family of comparisons and its correction."
+    k = len(family)
+    return (f'Family: the {k} LT-ViT - ViT comparison{"s" * (k != 1)} read by the verdicts of {what} (each once, '
+            f'wherever it appears), Bonferroni-corrected: every interval at {100 * corrected_level(k):.2f}%.')
+
+# %% ../nbs/06b_results.ipynb #148eea52
+def cell_gates(runs: Sequence[RunResult]) -> tuple[bool, str]:
+    "Whether a cell's runs can carry a comparison (seeds, competence on validation, convergence), and why not."
+    if len(runs) < 2: return False, f'{len(runs)} seed (an interval over seeds needs two or more)'
+    val = float(np.mean([r.metrics['best_val_mean_auc'] for r in runs]))
+    if val < COMPETENT_AUC: return False, f'validation AUC {100 * val:.1f}, under the competence floor {100 * COMPETENT_AUC:.0f}'
+    c = convergence(runs)
+    if not c['converged']:
+        return False, (f"not converged: best validation epoch in the first {100 * CONVERGED_BY:.0f}% of "
+                       f"{c['epochs'][0]} epochs in {c['early']} of {c['seeds']} seeds")
+    return True, (f"validation AUC {100 * val:.1f}; converged (best epoch in the first {100 * CONVERGED_BY:.0f}% in "
+                  f"{c['early']} of {c['seeds']} seeds)")
+
+# %% ../nbs/06b_results.ipynb #0614bd3a
+def gate_table(grid: Grid, root: str | Path, name: str,
+               cells: dict[tuple, list[RunResult]],  # cell -> its seeds' runs (`seed_runs`)
+               index: Sequence[str],  # the names of the cell key's fields
+              ) -> ResultTable:
+    "Per cell: validation AUC, each seed's best epoch, how many fall in the first 80% of the schedule, and the gate."
+    cols = ['validation AUC (%)', 'best epoch per seed', 'epochs', 'early seeds', 'gate']
+    rows, src = [], []
+    for runs in cells.values():
+        row = dict.fromkeys(cols, MISSING); row['validation AUC (%)'] = float('nan')
+        if all(r.finished for r in runs):
+            c, (ok, why) = convergence(runs), cell_gates(runs)
+            row.update({'validation AUC (%)': 100 * np.mean([r.metrics['best_val_mean_auc'] for r in runs]),
+                        'best epoch per seed': ', '.join(map(str, c['best epochs'])), 'epochs': str(c['epochs'][0]),
+                        'early seeds': f"{c['early']} of {c['seeds']}", 'gate': 'passed' if ok else why})
+        rows.append(row); src.append(tuple(r.name for r in runs))
+    idx_ = _index(list(cells), index)
+    values = pd.DataFrame(rows, index=idx_, columns=cols)
+    sources = pd.DataFrame([[s] * len(cols) for s in src], index=idx_, columns=cols)
+    return ResultTable(name, values, sources, {r.name: r for rs in cells.values() for r in rs}, grid, Path(root),
+                       {'validation AUC (%)': '.1f'})
 
 # %% ../nbs/06b_results.ipynb #3498f2bd
 def page_verdict(claim: str,  # the claim, as the paper states it
@@ -538,3 +624,45 @@ def page_verdict(claim: str,  # the claim, as the paper states it
     if result not in VERDICTS: raise ValueError(f'result={result!r}: expected one of {VERDICTS}.')
     return Markdown(f'> **Verdict: {result}.** {claim}  \n> *Scope:* {scope}  \n> *Evidence:* {evidence}  \n'
                     f'> *Rule:* {rule}')
+
+# %% ../nbs/06b_results.ipynb #2cb52086
+CLAIM3 = ("Claim 3: LT-ViT is interpretable without Grad-CAM: each label token's attention is a map of where that "
+          "label's evidence is, better than a map that ignores the image.")
+CLAIM3_REFERENCES = {'random': 'random maps', 'prior map': 'the prior map', 'LT-ViT Grad-CAM': "Grad-CAM on LT-ViT",
+                     'ViT Grad-CAM': 'Grad-CAM on the ViT'}
+
+# %% ../nbs/06b_results.ipynb #1f3df2fe
+def claim3_verdict(differences: pd.DataFrame,  # a localisation run's `differences.csv`
+                   models: Sequence[RunResult],  # the trained LT-ViT and ViT whose maps were scored
+                  ) -> tuple[str, str, str]:
+    "Claim 3's verdict, its evidence (attention against each floor and each Grad-CAM, focal and diffuse) and its meaning."
+    d = differences
+    def sel(ref, score='pointing', group='all'):
+        row = d[(d['method'] == 'LT-ViT attention') & (d['reference'] == ref) & (d['score'] == score) & (d['group'] == group)]
+        return row.iloc[0] if len(row) else None
+    floors = [sel(f) for f in ('random', 'prior map')]
+    ok, why = True, []
+    val = min(r.metrics['best_val_mean_auc'] for r in models)
+    if val < COMPETENT_AUC: ok = False; why.append(f'a model reaches only {100 * val:.1f} validation AUC')
+    for r in models:
+        c = convergence([r])
+        if not c['converged']:
+            ok = False; why.append(f"{r.name} had its best validation epoch at {c['best epochs'][0]} of {c['epochs'][0]}")
+    seeds = len(models) // 2  # pairs of models (LT-ViT and ViT), one per seed
+    if seeds < 2: ok = False; why.append('one model pair (one seed): the intervals cover test images, not seeds')
+    result = verdict([f['low'] for f in floors], [f['high'] for f in floors], testable=ok)
+    lvl = f"{100 * floors[0]['level']:.1f}%"
+    say = lambda r: 'n/a' if r is None else f"{r['difference']:+.3f} ({lvl} CI {r['low']:+.3f} to {r['high']:+.3f})"
+    parts = []
+    for ref, name in CLAIM3_REFERENCES.items():
+        parts.append(f"against {name} {say(sel(ref))} (focal {say(sel(ref, group='focal'))}, diffuse "
+                     f"{say(sel(ref, group='diffuse'))})")
+    evidence = ("LT-ViT attention's pointing game (fractional credit for ties) " + '; '.join(parts)
+                + f"; at patch level against the prior map {say(sel('prior map', 'patch pointing'))}. "
+                + f'Family: the two floors, Bonferroni over 2. Models: validation AUC {100 * val:.1f} or more.'
+                + (f" Not testable: {'; '.join(why)}." if why else ''))
+    word = lambda r: ('beats' if r['low'] > 0 else 'falls below' if r['high'] < 0 else 'cannot be told from') if r is not None else 'is not compared with'
+    meaning = (f"Attention {word(floors[0])} random maps and {word(floors[1])} the prior map that ignores the image, "
+               f"{word(sel('LT-ViT Grad-CAM'))} Grad-CAM on LT-ViT and {word(sel('ViT Grad-CAM'))} Grad-CAM on the ViT"
+               + (', for this one model pair.' if seeds < 2 else '.'))
+    return result, evidence, meaning

@@ -41,10 +41,10 @@ from .checkpoint import check_pretrained, checkpoint_metadata, load_pretrained, 
 from .synthetic import FINDINGS, make_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'RECIPE', 'DATASET_DEFAULTS', 'parse_model_args', 'runs_root', 'default_out_dir',
-           'ParameterError', 'TrainConfig', 'preprocessing', 'build_datasets', 'build_model', 'readout_parameter_names',
-           'param_groups', 'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict', 'TrainingDiverged',
-           'format_report', 'train', 'config_from_cli', 'main']
+__all__ = ['DATASETS', 'PAPER_WEIGHTS', 'VIT_POOLS', 'RECIPE', 'DATASET_DEFAULTS', 'parse_model_args', 'runs_root',
+           'default_out_dir', 'ParameterError', 'TrainConfig', 'preprocessing', 'build_datasets', 'build_model',
+           'readout_parameter_names', 'param_groups', 'masked_bce', 'save_checkpoint', 'load_checkpoint', 'predict',
+           'TrainingDiverged', 'format_report', 'train', 'config_from_cli', 'main']
 
 # %% ../nbs/03_training_loop.ipynb #32d1700a
 def parse_model_args(s: str | dict | None) -> dict:
@@ -77,6 +77,12 @@ DATASETS = ('synthetic', 'nih', 'chexpert', 'vindr', 'rsna', 'siim', 'padchest',
 
 PAPER_WEIGHTS = 'deit_small_patch16_224.fb_in1k'  # ImageNet-supervised ViT-S/16 (DeiT-S): the paper preset's weights
 
+VIT_POOLS = {  # the ViT baseline's readout -> timm arguments
+    'token': dict(global_pool='token'),  # the CLS token after the final norm (supervised and DINO weights)
+    'avg': dict(global_pool='avg', fc_norm=False),  # the mean patch token after the pre-trained final norm
+    'avg_fc_norm': dict(global_pool='avg'),  # MAE's fine-tuning: the final norm dropped, a new fc_norm after the mean
+}
+
 # %% ../nbs/03_training_loop.ipynb #85cec9b9
 class ParameterError(UsageError, ValueError):
     "A training parameter out of its range or of an unknown name: the message names the parameter and what it takes."
@@ -92,7 +98,7 @@ class TrainConfig:
     model_args: str | dict = 'patch_size:16,embed_dim:96,depth:4,num_heads:3'  # extra timm model arguments (name:value,...)
     pretrained: str = 'none'  # initial weights: none, a timm/hub name or a checkpoint file
     n2: int = 4  # LT blocks: the label tokens join the last n2 blocks
-    vit_pool: str = 'token'  # ViT baseline pooling: token (its CLS token) or avg (mean with fc_norm, as MAE fine-tunes)
+    vit_pool: str = 'token'  # ViT baseline pooling: token (CLS), avg (patch mean after the final norm) or avg_fc_norm (MAE's)
     img_size: int = 64  # image size in pixels
     epochs: int = 36  # epochs
     batch_size: int = 32  # global batch size
@@ -177,7 +183,7 @@ def resolved(self: TrainConfig) -> TrainConfig:
               'hflip': 0 <= c.hflip <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad: raise ParameterError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
-    if c.vit_pool not in ('token', 'avg'): raise ParameterError(f"vit_pool={c.vit_pool!r}: expected 'token' or 'avg'.")
+    if c.vit_pool not in VIT_POOLS: raise ParameterError(f'vit_pool={c.vit_pool!r}: expected one of {VIT_POOLS}.')
     if c.vit_pool != 'token' and c.model.startswith('ltvit_'):
         raise ParameterError(f'vit_pool={c.vit_pool!r} sets the ViT baseline\'s pooling; LT-ViT reads its label tokens.')
     if c.label_policy not in UNCERTAINTY_POLICIES:
@@ -239,7 +245,7 @@ def build_model(c: TrainConfig, labels: Sequence[str]) -> torch.nn.Module:
     kw = dict(c.model_args or {}, img_size=c.img_size, drop_path_rate=c.drop_path)
     if c.model.startswith('ltvit_'): model = timm.create_model(c.model, label_names=list(labels), n2=c.n2, **kw)
     else:
-        model = timm.create_model(c.model, num_classes=len(labels), global_pool=c.vit_pool, **kw)  # avg: with fc_norm
+        model = timm.create_model(c.model, num_classes=len(labels), **VIT_POOLS[c.vit_pool], **kw)
         model.label_names = list(labels)
     if c.pretrained != 'none': load_pretrained(model, c.pretrained)
     if list(model.label_names) != list(labels):
