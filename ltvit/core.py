@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
@@ -209,10 +210,13 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 # %% ../nbs/00_core.ipynb #ce8f001a
+_PATH = re.compile(r'(?:(?<=^)|(?<=[\s;=,(]))(?:/|\{runs\}/|\{elsewhere\}/)[^\s;=,()]+')  # absolute or published paths in text
+
 def _science(o):
     if isinstance(o, dict): return {k: _science(v) for k, v in o.items() if k not in MACHINE_KEYS}
     if isinstance(o, list): return [_science(v) for v in o]
-    if isinstance(o, str) and os.path.isabs(o): return Path(o).name  # a folder's name, not where it is
+    if isinstance(o, str):  # a folder's name, not where it is (published records mark paths '{runs}/...')
+        return _PATH.sub(lambda m: Path(m.group(0)).name, o)
     return o
 
 # %% ../nbs/00_core.ipynb #d6b0bded

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -381,8 +383,7 @@ def localisation_task(out: Path, lt_run: str, vit_run: str, max_images: int = 20
     atomic_write(out / 'intervals.csv', iv.to_csv(index=False))
     methods = [m for m in scores if m not in ('random', 'prior map', CEILING)]
     pairs = [(m, f) for m in methods for f in ('random', 'prior map')] + [
-        (m, 'ViT Grad-CAM') for m in methods if m.startswith('LT-ViT')] + [
-        ('LT-ViT attention', 'LT-ViT Grad-CAM')] * ({'LT-ViT attention', 'LT-ViT Grad-CAM'} <= set(methods))
+        (m, 'ViT Grad-CAM') for m in methods if m.startswith('LT-ViT')] + [('LT-ViT attention', 'LT-ViT Grad-CAM')]
     level = 1 - 0.05 / 2  # Bonferroni over the two floors a method must beat (random, prior map)
     diffs = pd.concat([localisation_differences(scores, pairs, col, n_boot, level=level, group=g)
                        .assign(score=col, group=g or 'all')
@@ -601,21 +602,39 @@ PUBLISHED_FILES = (  # what the paper pages read from a run's folder: results, n
     'pretrain.json', 'probe.csv', 'localisation.csv', 'intervals.csv', 'differences.csv', 'layer_search.csv',
     'scores.csv', 'examples.npz', 'example_boxes.json')
 
+# %% ../nbs/06a_experiments.ipynb #f384e520
+def _portable(o, root: Path):
+    "A run record without paths of this machine: a path into the grid's runs as '{runs}/...', any other as '{elsewhere}/NAME'."
+    if isinstance(o, dict): return {k: _portable(v, root) for k, v in o.items()}
+    if isinstance(o, list): return [_portable(v, root) for v in o]
+    if not isinstance(o, str): return o
+    def one(m):
+        p = Path(m.group(0))
+        if p.is_relative_to(root): return f'{{runs}}/{p.relative_to(root).as_posix()}'
+        run = next((k for k, part in enumerate(p.parts) if k and part != root.name and (root / part).is_dir()), None)
+        if run is not None: return '{runs}/' + '/'.join(p.parts[run:])  # made where the grid lived before a move
+        return f'{{elsewhere}}/{p.name}'
+    return re.sub(r'(?:(?<=^)|(?<=[\s;=,(]))/[^\s;=,()]+', one, o)
+
 # %% ../nbs/06a_experiments.ipynb #ff02cf51
 def publish_results(grid: Grid, root: str | Path, dest: str | Path) -> dict:
-    "Copy the `PUBLISHED_FILES` of every run of `grid` in `root` (and its `grid.json`) into `dest`, replacing it."
+    "Copy the `PUBLISHED_FILES` of every run of `grid` in `root` (and its `grid.json`) into `dest`, without machine paths."
     root, dest = Path(root), Path(dest)
     if not (root / 'grid.json').is_file(): raise FileNotFoundError(f'{root}: no grid.json; run the grid first.')
     tmp = dest.with_name(dest.name + '.partial')
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    shutil.copyfile(root / 'grid.json', tmp / 'grid.json')
+    base = root.resolve()
+    def copy(src: Path, dst: Path):  # JSON records lose the paths of this machine; the rest is copied as is
+        if src.suffix == '.json': write_json(dst, _portable(json.loads(src.read_text()), base), sort_keys=True)
+        else: shutil.copyfile(src, dst)
+        return dst.stat().st_size
+    copy(root / 'grid.json', tmp / 'grid.json')
     n = size = 0
     for name in grid.runs:
         src = grid.folder(name, root)
         for f in PUBLISHED_FILES:
             if (src / f).is_file():
-                (tmp / src.name).mkdir(exist_ok=True); shutil.copyfile(src / f, tmp / src.name / f)
-                n += 1; size += (src / f).stat().st_size
+                (tmp / src.name).mkdir(exist_ok=True); size += copy(src / f, tmp / src.name / f); n += 1
     shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)  # the old copy goes only once the new one is whole
     return {'files': n, 'bytes': size}
 

@@ -25,8 +25,9 @@ from .metrics import bootstrap_indices, fast_auc, percentile_interval
 __all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'CONVERGED_BY', 'RULE', 'CLAIM3', 'CLAIM3_REFERENCES', 'RunResult',
            'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table', 'paired_auc_difference',
            'difference_table', 'seed_runs', 'corrected_level', 'seed_interval', 'seed_table', 'seed_difference_table',
-           'constant_table', 'Artefacts', 'page_summary', 'verdict', 'convergence', 'validation_curves', 'claim_family',
-           'family_note', 'cell_gates', 'gate_table', 'page_verdict', 'claim3_verdict']
+           'constant_table', 'Artefacts', 'page_summary', 'verdict', 'gated_verdict', 'convergence',
+           'validation_curves', 'claim_family', 'family_note', 'cell_gates', 'gate_table', 'page_verdict',
+           'claim3_verdict']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -531,6 +532,16 @@ def verdict(low: Sequence[float],  # each difference's corrected lower bound
         raise ValueError(f'verdict needs one finite interval per difference, got low={low}, high={high}.')
     if (high < 0).any(): return 'contradicted'
     return 'supported' if (low > 0).all() else 'not supported'
+
+# %% ../nbs/06b_results.ipynb #8969f2d7
+def gated_verdict(low: dict, high: dict,  # each difference's corrected interval, by name
+                  testable: dict,  # name -> whether its cells passed their gates (`cell_gates`)
+                 ) -> str:
+    "A claim's verdict when some differences cannot be tested: a tested one below 0 contradicts; an untested one leaves it open."
+    tested = [k for k in low if testable[k]]
+    if any(high[k] < 0 for k in tested): return 'contradicted'
+    if len(tested) < len(low): return VERDICTS[3]
+    return verdict([low[k] for k in tested], [high[k] for k in tested])
 
 # %% ../nbs/06b_results.ipynb #e5c1a0d3
 RULE = ('every difference the claim predicts positive must have its family-corrected interval (Bonferroni over the '

@@ -74,3 +74,14 @@ def test_committed_outputs_show_no_machine_paths_or_progress_bars(nb):
             bad.append(f'cell {k}: ...{text[max(0, m.start() - 60):m.end() + 40]!r}...')
         if '\r' in text: bad.append(f'cell {k}: a carriage return (a progress bar redrawn)')
     assert not bad, f'{nb.relative_to(ROOT)}:\n' + '\n'.join(bad[:10]) + (f'\n(+{len(bad) - 10} more)' if len(bad) > 10 else '')
+
+
+PUBLISHED = sorted(p for d in ('results', 'tables', 'figures') for p in (ROOT / 'nbs' / 'paper' / d).rglob('*')
+                   if p.suffix in ('.json', '.csv', '.md', '.tex'))
+
+
+def test_published_results_and_artefacts_carry_no_machine_paths():
+    "The per-run results, tables and figure records the pages read were made on some machine; none of its paths shows."
+    assert len(PUBLISHED) > 100
+    bad = [f'{p.relative_to(ROOT)}: ...{m.group(0)}...' for p in PUBLISHED for m in MACHINE.finditer(p.read_text())]
+    assert not bad, f'{len(bad)} machine paths, first: ' + '\n'.join(bad[:10])

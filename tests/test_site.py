@@ -140,6 +140,29 @@ def test_every_page_is_processed_and_its_links_resolve(processed):
             assert (processed / rel).parent.joinpath(target).exists(), f'{rel} links to {target}, which is not in the site'
 
 
+def _words(text: str) -> str:
+    "Text as its words alone: link targets, markup and spacing dropped (nbdev's processing adds links to names)."
+    return ' '.join(re.findall(r'\w+', re.sub(r'\]\([^)]*\)', ']', text))).lower()
+
+
+def test_every_paragraph_of_every_page_survives_processing(processed):
+    "nbdev takes a notebook's title and description from its first cell and empties that cell: nothing else may be in it."
+    q = yaml.safe_load((ROOT / '_quarto.yml').read_text())
+    lost = []
+    for rel in _rendered(q):
+        src = ROOT / 'nbs' / rel
+        if src.suffix != '.ipynb': continue
+        cells = [c for c in json.loads(src.read_text())['cells'] if c['cell_type'] == 'markdown']
+        done = _words(_page_text(processed / rel))
+        for k, c in enumerate(cells):
+            text = ''.join(c['source'])
+            if k == 0:  # the title and description: nbdev moves them into the page's front matter
+                text = '\n'.join(l for l in text.splitlines() if not l.startswith(('# ', '>')))
+            for para in re.split(r'\n\s*\n', text):
+                if _words(para) and _words(para) not in done: lost.append(f'{rel}: {para.strip()[:80]!r}')
+    assert not lost, lost
+
+
 LIBRARY = sorted(p for p in (ROOT / 'nbs').glob('[0-9]*.ipynb')
                  if any(''.join(c['source']).startswith('#| default_exp') for c in json.loads(p.read_text())['cells']))
 

@@ -216,23 +216,32 @@ def test_parameters_cell_is_the_train_config():
 
 
 def test_vit_baseline_pooling_is_a_parameter_and_mae_weights_load_into_average_pooling(tmp_path):
-    "vit_pool='avg' gives timm's average pooling with fc_norm (as MAE fine-tunes); an MAE checkpoint loads into it."
+    """vit_pool='avg' averages the patch tokens after the pre-trained final norm (both arms keep it: like for like);
+    'avg_fc_norm' is MAE's own fine-tuning (final norm dropped, a new fc_norm); an MAE checkpoint loads into both."""
     import timm
     import torch
-    from ltvit.train import TrainConfig, build_model
+    from ltvit.train import TrainConfig, build_model, readout_parameter_names
     arch = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2)
     src = timm.create_model('vit_tiny_patch16_224', num_classes=0, **arch)
+    with torch.no_grad(): src.norm.weight.uniform_(0.5, 1.5)  # a pre-trained final norm that is not the identity
     mae = {**src.state_dict(), 'mask_token': torch.zeros(1, 1, 24), 'decoder_embed.weight': torch.zeros(16, 24)}
     torch.save({'model': mae, 'epoch': 799}, tmp_path / 'mae.pth')
     kw = dict(dataset='nih', model='vit_tiny_patch16_224', model_args='patch_size:8,embed_dim:24,depth:2,num_heads:2',
               img_size=32, pretrained=str(tmp_path / 'mae.pth'))
-    m = build_model(TrainConfig(**kw, vit_pool='avg').resolved(), ['a', 'b']).eval()
-    assert m.global_pool == 'avg' and isinstance(m.fc_norm, torch.nn.LayerNorm) and isinstance(m.norm, torch.nn.Identity)
-    assert torch.equal(m.blocks[1].mlp.fc1.weight, src.blocks[1].mlp.fc1.weight)
     x = torch.randn(2, 3, 32, 32)
+    m = build_model(TrainConfig(**kw, vit_pool='avg').resolved(), ['a', 'b']).eval()
+    assert m.global_pool == 'avg' and isinstance(m.fc_norm, torch.nn.Identity) and torch.equal(m.norm.weight, src.norm.weight)
+    assert torch.equal(m.blocks[1].mlp.fc1.weight, src.blocks[1].mlp.fc1.weight)
     with torch.no_grad():
-        f = m.forward_features(x)
-        assert torch.allclose(m.forward_head(f, pre_logits=True), m.fc_norm(f[:, m.num_prefix_tokens:].mean(1)), atol=1e-6)
+        f = m.forward_features(x)  # the final norm applied to every token, then the mean of the patch tokens
+        assert torch.allclose(m.forward_head(f, pre_logits=True), f[:, m.num_prefix_tokens:].mean(1), atol=1e-6)
+        assert torch.allclose(f, src.forward_features(x), atol=1e-6)
+    assert readout_parameter_names(m) == ['norm.weight', 'norm.bias']  # the pre-trained norm, as LT-ViT's final norm
+    o = build_model(TrainConfig(**kw, vit_pool='avg_fc_norm').resolved(), ['a', 'b']).eval()
+    assert isinstance(o.fc_norm, torch.nn.LayerNorm) and isinstance(o.norm, torch.nn.Identity)
+    with torch.no_grad():
+        f = o.forward_features(x)
+        assert torch.allclose(o.forward_head(f, pre_logits=True), o.fc_norm(f[:, o.num_prefix_tokens:].mean(1)), atol=1e-6)
     t = build_model(TrainConfig(**kw).resolved(), ['a', 'b'])
     assert t.global_pool == 'token' and torch.equal(t.norm.weight, src.norm.weight)  # CLS pooling keeps the final norm
     with pytest.raises(ValueError, match="sets the ViT baseline's pooling"): TrainConfig(vit_pool='avg').resolved()
