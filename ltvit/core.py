@@ -23,9 +23,9 @@ import torch
 
 # %% auto #0
 __all__ = ['NIH_LABELS', 'CHEXPERT_14', 'CHEXPERT_13', 'CHEXPERT_5', 'LABEL_SETS', 'PRECISIONS', 'DATA_ENV', 'CXR_MEAN',
-           'CXR_STD', 'MACHINE_KEYS', 'get_label_set', 'seed_everything', 'get_device', 'get_precision', 'autocast',
-           'get_data_dir', 'UsageError', 'atomic_write', 'write_json', 'repo_root', 'git_commit', 'package_versions',
-           'code_version', 'science_hash', 'display_path', 'approx_duration']
+           'CXR_STD', 'MACHINE_KEYS', 'PATH_IN_TEXT', 'get_label_set', 'seed_everything', 'get_device', 'get_precision',
+           'autocast', 'get_data_dir', 'UsageError', 'atomic_write', 'write_json', 'repo_root', 'git_commit',
+           'package_versions', 'code_version', 'science_hash', 'display_path', 'approx_duration']
 
 # %% ../nbs/00_core.ipynb #3aad18dc
 NIH_LABELS: tuple[str, ...] = (
@@ -210,13 +210,13 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 # %% ../nbs/00_core.ipynb #ce8f001a
-_PATH = re.compile(r'(?:(?<=^)|(?<=[\s;=,(]))(?:/|\{runs\}/|\{elsewhere\}/)[^\s;=,()]+')  # absolute or published paths in text
+PATH_IN_TEXT = re.compile(r'(?:(?<=^)|(?<=[\s;=,(]))(?:/|\{runs\}/|\{elsewhere\}/)[^\s;=,()]+')  # absolute or published paths
 
 def _science(o):
     if isinstance(o, dict): return {k: _science(v) for k, v in o.items() if k not in MACHINE_KEYS}
     if isinstance(o, list): return [_science(v) for v in o]
     if isinstance(o, str):  # a folder's name, not where it is (published records mark paths '{runs}/...')
-        return _PATH.sub(lambda m: Path(m.group(0)).name, o)
+        return PATH_IN_TEXT.sub(lambda m: Path(m.group(0)).name, o)
     return o
 
 # %% ../nbs/00_core.ipynb #d6b0bded

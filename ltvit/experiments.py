@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cache import cache_dataset
-from .core import (atomic_write, autocast, display_path, get_data_dir, get_device, get_precision, repo_root,
+from .core import (PATH_IN_TEXT, atomic_write, autocast, display_path, get_data_dir, get_device, get_precision, repo_root,
                         write_json)
 from .grid import Grid, GridFailed, Run, checkout_path, run_grid, run_status
 from .slurm import SlurmOptions, slurm_status, submit_grid
@@ -609,12 +608,13 @@ def _portable(o, root: Path):
     if isinstance(o, list): return [_portable(v, root) for v in o]
     if not isinstance(o, str): return o
     def one(m):
+        if m.group(0).startswith('{'): return m.group(0)  # published already
         p = Path(m.group(0))
         if p.is_relative_to(root): return f'{{runs}}/{p.relative_to(root).as_posix()}'
         run = next((k for k, part in enumerate(p.parts) if k and part != root.name and (root / part).is_dir()), None)
         if run is not None: return '{runs}/' + '/'.join(p.parts[run:])  # made where the grid lived before a move
         return f'{{elsewhere}}/{p.name}'
-    return re.sub(r'(?:(?<=^)|(?<=[\s;=,(]))/[^\s;=,()]+', one, o)
+    return PATH_IN_TEXT.sub(one, o)
 
 # %% ../nbs/06a_experiments.ipynb #ff02cf51
 def publish_results(grid: Grid, root: str | Path, dest: str | Path) -> dict:

@@ -183,7 +183,7 @@ def resolved(self: TrainConfig) -> TrainConfig:
               'hflip': 0 <= c.hflip <= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad: raise ParameterError('Invalid parameter(s): ' + ', '.join(f'{k}={getattr(c, k)!r}' for k in bad))
-    if c.vit_pool not in VIT_POOLS: raise ParameterError(f'vit_pool={c.vit_pool!r}: expected one of {VIT_POOLS}.')
+    if c.vit_pool not in VIT_POOLS: raise ParameterError(f'vit_pool={c.vit_pool!r}: expected one of {list(VIT_POOLS)}.')
     if c.vit_pool != 'token' and c.model.startswith('ltvit_'):
         raise ParameterError(f'vit_pool={c.vit_pool!r} sets the ViT baseline\'s pooling; LT-ViT reads its label tokens.')
     if c.label_policy not in UNCERTAINTY_POLICIES:
