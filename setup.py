@@ -32,7 +32,7 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
         'Topic :: Scientific/Engineering :: Medical Science Apps.',
     ] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
-    url=cfg['git_url'],
+    url=None if '.invalid' in cfg['git_url'] else cfg['git_url'],  # settings.ini holds no invented address
     packages=setuptools.find_packages(include=['ltvit', 'ltvit.*']),
     py_modules=['ltvit_cli'],  # the console scripts' and papermill's light entry point (see its docstring)
     package_data={'ltvit': ['_cli_help.json']},

@@ -172,13 +172,13 @@ def plot_maps(images: torch.Tensor,  # `(B, 3, H, W)` normalised images (as the 
                                            lw=1.2 if own else 0.6, ls='-' if own else '--', alpha=1 if own else 0.7))
         for (bl, x0, y0, w, h) in (boxes or {}).get(b, []):  # the X-ray: every box, named
             axs[b, 0].add_patch(Rectangle((x0, y0), w, h, fill=False, ec='cyan', lw=1.0))
-            axs[b, 0].text(x0, y0 - 0.5, bl, color='cyan', fontsize=6, va='bottom')
+            axs[b, 0].text(x0, y0 - 0.5, bl, color='cyan', fontsize=8, va='bottom')
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout(pad=0.4, rect=(0, 0, 1 - 0.7 / (panel * ncol + 0.9), 1))
     cb = fig.colorbar(im, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01, extend='max')
     cb.set_label(('p x ' if weight else '') + f'map density (1 = uniform); clipped at {norm.vmax:.2g}, the 99.5th '
-                 'percentile of the panels', fontsize=7)
-    cb.ax.tick_params(labelsize=7)
+                 'percentile of the panels', fontsize=8)
+    cb.ax.tick_params(labelsize=8)
     if path is not None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=200, bbox_inches='tight', metadata={'Software': None} if path.suffix == '.png' else None)

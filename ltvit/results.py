@@ -22,12 +22,12 @@ from .grid import Grid, run_state
 from .metrics import bootstrap_indices, fast_auc, percentile_interval
 
 # %% auto #0
-__all__ = ['MISSING', 'REPORTED', 'VERDICTS', 'COMPETENT_AUC', 'CONVERGED_BY', 'RULE', 'CLAIM3', 'CLAIM3_REFERENCES', 'RunResult',
-           'read_run', 'collect', 'ResultTable', 'run_table', 'per_class_table', 'task_table', 'paired_auc_difference',
-           'difference_table', 'seed_runs', 'corrected_level', 'seed_interval', 'seed_table', 'seed_difference_table',
-           'constant_table', 'Artefacts', 'page_summary', 'verdict', 'gated_verdict', 'convergence',
-           'validation_curves', 'claim_family', 'family_note', 'cell_gates', 'gate_table', 'page_verdict',
-           'claim3_verdict']
+__all__ = ['MISSING', 'REPORTED', 'COLUMN_PX', 'LEGIBLE_PT', 'VERDICTS', 'COMPETENT_AUC', 'CONVERGED_BY', 'CONVERGED_TOL', 'RULE',
+           'CLAIM3', 'CLAIM3_REFERENCES', 'RunResult', 'read_run', 'collect', 'ResultTable', 'run_table',
+           'per_class_table', 'task_table', 'paired_auc_difference', 'difference_table', 'seed_runs', 'corrected_level',
+           'seed_interval', 'seed_table', 'seed_difference_table', 'constant_table', 'Artefacts', 'seeds_note',
+           'text_size_as_shown', 'page_summary', 'verdict', 'gated_verdict', 'convergence', 'validation_curves',
+           'claim_family', 'family_note', 'cell_gates', 'gate_table', 'page_verdict', 'claim3_verdict']
 
 # %% ../nbs/06b_results.ipynb #22100820
 @dataclass
@@ -183,7 +183,10 @@ def per_class_table(grid: Grid, root: str | Path, name: str, select: dict, colum
     key = lambda r: r.tag[column] if isinstance(column, str) else ' '.join(str(r.tag[c]) for c in column)
     groups: dict[str, list[RunResult]] = {}
     for r in runs: groups.setdefault(key(r), []).append(r)
-    labels = next((list(r.metrics[metric]) for r in runs if r.finished), [])
+    def order(r):  # the model's label order (its config), not the order a JSON file happens to keep its keys in
+        keys, cfg = list(r.metrics[metric]), list((r.config or {}).get('labels') or [])
+        return cfg if sorted(cfg) == sorted(keys) else keys
+    labels = next((order(r) for r in runs if r.finished), [])
     values = pd.DataFrame({c: [(np.mean([r.metrics[metric][l] * scale for r in rs]) if all(r.finished for r in rs)
                                 else float('nan')) for l in labels] for c, rs in groups.items()},
                           index=pd.Index(labels, name='label'))
@@ -424,10 +427,12 @@ class Artefacts:
         base = Path(save_dir) if save_dir else paper_dir()
         self.figures, self.tables = base / 'figures', base / 'tables'
 
-    def caption(self, text: str) -> str:
-        "The caption with the preset that produced the artefact."
-        return (f'{text} *Preset `{self.grid.preset}` ({self.grid.meta.get("description", "")}); runs in '
-                f'`{_display_root(self.root)}`.*')
+    def caption(self, text: str,
+                seeds: str = '',  # how many seeds stand behind the artefact, as run (`seeds_note`)
+               ) -> str:
+        "The caption with the seeds behind it, the preset that produced it and the folder its runs were read from."
+        return (f'{text} *{seeds + ". " if seeds else ""}Preset `{self.grid.preset}` ({self.grid.meta.get("description", "")}); '
+                f'runs in `{_display_root(self.root)}`.*')
 
     def _provenance(self, runs: Sequence[RunResult]) -> dict:
         "Per run: name, status, the commit and code version that made it, and machine-independent hashes of its record."
@@ -442,12 +447,21 @@ class Artefacts:
         return {'kind': kind, 'name': name, 'notebook': self.notebook, 'preset': self.grid.preset, 'caption': caption,
                 'files': sorted(files), 'runs': self._provenance(runs), 'missing': [], **extra}
 
+# %% ../nbs/06b_results.ipynb #seedsn01
+def seeds_note(t: ResultTable) -> str:
+    "How many seeds stand behind each row of a table, as run (from its runs' tags): '1 seed per row', '2 to 5 seeds per row'."
+    counts = sorted({len({t.runs[n].tag.get('seed', 0) for c in t.sources.columns for n in t.sources.loc[i, c] if n in t.runs})
+                     for i in t.sources.index} - {0})
+    if not counts: return ''
+    k = f'{counts[0]}' if len(counts) == 1 else f'{counts[0]} to {counts[-1]}'
+    return f"{k} seed{'s' * (counts[-1] != 1)} per row"
+
 # %% ../nbs/06b_results.ipynb #cae30c79
 @patch
 def table(self: Artefacts, t: ResultTable, caption: str) -> dict[str, Path]:
     "Save a complete `ResultTable` as CSV, Markdown, LaTeX and JSON and display it; an incomplete one is only shown."
     from IPython.display import Markdown, display
-    cap, md = self.caption(caption), t.to_markdown()
+    cap, md = self.caption(caption, seeds_note(t)), t.to_markdown()
     if t.missing:  # never overwrite a saved table with a partial one
         if self.show: display(Markdown(t.missing_report() + '\n\nNot saved (incomplete); what the finished runs give:'))
         if self.show: display(Markdown(md))
@@ -473,10 +487,30 @@ def table(self: Artefacts, t: ResultTable, caption: str) -> dict[str, Path]:
     if self.show: display(Markdown(md)); display(Markdown(cap))
     return paths
 
+# %% ../nbs/06b_results.ipynb #legib001
+COLUMN_PX = 740  # the site's text column at a 1280-px window: wider pictures are shrunk to it
+LEGIBLE_PT = 8.0  # the smallest text a saved figure may show at that width, in points (1 CSS px = 0.75 pt)
+
+def text_size_as_shown(fig,  # a matplotlib figure, drawn or not
+                       dpi: int = 150,  # the resolution it is saved at
+                       column_px: int = COLUMN_PX,  # the width it is shown at, at most (CSS px)
+                      ) -> dict:
+    "The smallest visible text of `fig` in points as drawn, and as shown once the saved PNG (tight box) fits the column."
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())
+    width_px = bbox.width * dpi
+    scale = min(1.0, column_px / width_px)
+    smallest = min(sizes) if sizes else float('nan')
+    return {'smallest_text_pt': round(float(smallest), 2), 'width_px': round(float(width_px)),
+            'smallest_text_pt_shown': round(float(smallest * dpi / 96 * scale), 2)}
+
 # %% ../nbs/06b_results.ipynb #91a9984a
 @patch
 def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResult], dpi: int = 150) -> dict[str, Path]:
     "Save a matplotlib figure as PNG, SVG and PDF with JSON provenance and display it, when every run is finished."
+    # (its JSON records the smallest text as shown in the site's column: `text_size_as_shown`)
     import matplotlib.pyplot as plt
     from IPython.display import Image, Markdown, display
     missing = [r for r in runs if not r.finished]
@@ -486,7 +520,10 @@ def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResu
                                        + ', '.join(f'`{r.name}` ({r.status})' for r in missing)))
         return {}
     self.figures.mkdir(parents=True, exist_ok=True)
-    cap = self.caption(caption)
+    cap, legible = self.caption(caption), text_size_as_shown(fig, dpi)
+    if legible['smallest_text_pt_shown'] < LEGIBLE_PT:
+        warnings.warn(f"figure {name!r}: its smallest text shows at {legible['smallest_text_pt_shown']} pt in a "
+                      f"{COLUMN_PX}-px column (under {LEGIBLE_PT} pt): make the figure narrower or its fonts larger.")
     meta_by_fmt = {'png': {'Software': None}, 'svg': {'Date': None, 'Creator': None},
                    'pdf': {'CreationDate': None, 'Creator': None, 'Producer': None}}
     paths = {}
@@ -499,7 +536,7 @@ def figure(self: Artefacts, fig, name: str, caption: str, runs: Sequence[RunResu
     paths['json'] = self.figures / f'{name}.json'
     write_json(
         paths['json'],
-        self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json']),
+        self._meta('figure', name, cap, runs, [p.name for p in paths.values() if p.suffix != '.json'], legibility=legible),
         sort_keys=True,
     )
     if self.show: display(Image(filename=str(paths['png']))); display(Markdown(cap))
@@ -518,7 +555,8 @@ def page_summary(claim: str,  # the claim the page tests, one sentence
 # %% ../nbs/06b_results.ipynb #e5c1a0d2
 VERDICTS = ('supported', 'not supported', 'contradicted', 'cannot be tested at this scale')
 COMPETENT_AUC = 0.80  # mean validation AUC (over seeds) a cell must reach before its comparison says anything
-CONVERGED_BY = 0.8  # a run has converged when its best validation epoch lies in this first share of its schedule
+CONVERGED_BY = 0.8  # a run has converged when it settled (`CONVERGED_TOL`) within this first share of its schedule
+CONVERGED_TOL = 0.0025  # settled: validation mean AUC within this of the run's best (a quarter of a point)
 
 # %% ../nbs/06b_results.ipynb #11a8eae0
 def verdict(low: Sequence[float],  # each difference's corrected lower bound
@@ -548,19 +586,28 @@ RULE = ('every difference the claim predicts positive must have its family-corre
         'declared family) above 0 (supported); one below 0 contradicts it; otherwise not supported. Differences of '
         'classifiers are taken seed by seed and their interval is a t-interval over seeds (the seed is the unit of '
         'replication). Cannot be tested when a cell has fewer than two seeds, when its models do not reach the '
-        'competence floor on validation, have not converged (best validation epoch in the first 80% of the schedule '
-        'in at least 80% of the seeds), or start from pre-trainings that do not beat random features on validation.')
+        'competence floor on validation, have not converged (settled, that is within a quarter of a point of its best '
+        'validation AUC, in the first 80% of the schedule, in at least 80% of the seeds), or start from pre-trainings '
+        'that do not beat random features on validation.')
 
 # %% ../nbs/06b_results.ipynb #51ac0903
-def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seeds)
-                by: float = CONVERGED_BY,  # the share of the schedule the best epoch must fall in
+def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seeds), each with its `history.csv`
+                by: float = CONVERGED_BY,  # the share of the schedule a run must have settled in
+                tol: float = CONVERGED_TOL,  # settled: validation mean AUC within `tol` of the run's best
                ) -> dict:
-    "Whether a cell's runs converged: the best validation epoch in the first `by` of the schedule in `by` of the seeds."
-    best = [int(r.metrics['best_epoch']) for r in runs]
-    epochs = [int((r.config or {}).get('config', {}).get('epochs') or r.metrics['epochs_run']) for r in runs]
-    early = sum(b <= by * e for b, e in zip(best, epochs))
-    return {'best epochs': best, 'epochs': epochs, 'early': early, 'seeds': len(runs),
-            'converged': bool(runs) and early >= math.ceil(by * len(runs) - 1e-9)}
+    "Whether a cell's runs converged: settled within the first `by` of the schedule in `by` of the seeds."
+    best, settled, gain, epochs = [], [], [], []
+    for r in runs:
+        h = r.folder / 'history.csv'
+        if not h.is_file(): raise FileNotFoundError(f'{h}: run {r.name} has no validation history (history.csv).')
+        v = pd.read_csv(h).set_index('epoch')['val_mean_auc']
+        e = int((r.config or {}).get('config', {}).get('epochs') or len(v))
+        best.append(int(v.idxmax())); settled.append(int(v.index[(v >= v.max() - tol).to_numpy()][0]))
+        head = v[v.index <= by * e]  # the first `by` of the schedule; the gain is what the rest added to it
+        gain.append(float(v.max() - head.max()) if len(head) else float(v.max() - v.min())); epochs.append(e)
+    early = sum(s <= by * e for s, e in zip(settled, epochs))
+    return {'best epochs': best, 'settled epochs': settled, 'late gain': gain, 'epochs': epochs, 'early': early,
+            'seeds': len(runs), 'converged': bool(runs) and early >= math.ceil(by * len(runs) - 1e-9)}
 
 # %% ../nbs/06b_results.ipynb #a69da8ab
 def validation_curves(runs: Sequence[RunResult]) -> pd.DataFrame:
@@ -596,9 +643,10 @@ def cell_gates(runs: Sequence[RunResult]) -> tuple[bool, str]:
     if val < COMPETENT_AUC: return False, f'validation AUC {100 * val:.1f}, under the competence floor {100 * COMPETENT_AUC:.0f}'
     c = convergence(runs)
     if not c['converged']:
-        return False, (f"not converged: best validation epoch in the first {100 * CONVERGED_BY:.0f}% of "
-                       f"{c['epochs'][0]} epochs in {c['early']} of {c['seeds']} seeds")
-    return True, (f"validation AUC {100 * val:.1f}; converged (best epoch in the first {100 * CONVERGED_BY:.0f}% in "
+        return False, (f"not converged: settled (within {100 * CONVERGED_TOL:.2g} points of its best validation AUC) "
+                       f"in the first {100 * CONVERGED_BY:.0f}% of {c['epochs'][0]} epochs in {c['early']} of "
+                       f"{c['seeds']} seeds")
+    return True, (f"validation AUC {100 * val:.1f}; converged (settled in the first {100 * CONVERGED_BY:.0f}% in "
                   f"{c['early']} of {c['seeds']} seeds)")
 
 # %% ../nbs/06b_results.ipynb #0614bd3a
@@ -606,15 +654,19 @@ def gate_table(grid: Grid, root: str | Path, name: str,
                cells: dict[tuple, list[RunResult]],  # cell -> its seeds' runs (`seed_runs`)
                index: Sequence[str],  # the names of the cell key's fields
               ) -> ResultTable:
-    "Per cell: validation AUC, each seed's best epoch, how many fall in the first 80% of the schedule, and the gate."
-    cols = ['validation AUC (%)', 'best epoch per seed', 'epochs', 'early seeds', 'gate']
+    "Per cell: validation AUC, each seed's best and settled epoch and late gain, how many settled early, and the gate."
+    cols = ['validation AUC (%)', 'best epoch per seed', 'settled epoch per seed', 'gain in the last 20% (points)',
+            'epochs', 'early seeds', 'gate']
     rows, src = [], []
     for runs in cells.values():
         row = dict.fromkeys(cols, MISSING); row['validation AUC (%)'] = float('nan')
         if all(r.finished for r in runs):
             c, (ok, why) = convergence(runs), cell_gates(runs)
             row.update({'validation AUC (%)': 100 * np.mean([r.metrics['best_val_mean_auc'] for r in runs]),
-                        'best epoch per seed': ', '.join(map(str, c['best epochs'])), 'epochs': str(c['epochs'][0]),
+                        'best epoch per seed': ', '.join(map(str, c['best epochs'])),
+                        'settled epoch per seed': ', '.join(map(str, c['settled epochs'])),
+                        'gain in the last 20% (points)': ', '.join(f'{100 * g:.2f}' for g in c['late gain']),
+                        'epochs': str(c['epochs'][0]),
                         'early seeds': f"{c['early']} of {c['seeds']}", 'gate': 'passed' if ok else why})
         rows.append(row); src.append(tuple(r.name for r in runs))
     idx_ = _index(list(cells), index)
@@ -658,7 +710,7 @@ def claim3_verdict(differences: pd.DataFrame,  # a localisation run's `differenc
     for r in models:
         c = convergence([r])
         if not c['converged']:
-            ok = False; why.append(f"{r.name} had its best validation epoch at {c['best epochs'][0]} of {c['epochs'][0]}")
+            ok = False; why.append(f"{r.name} settled only at epoch {c['settled epochs'][0]} of {c['epochs'][0]}")
     seeds = len(models) // 2  # pairs of models (LT-ViT and ViT), one per seed
     if seeds < 2: ok = False; why.append('one model pair (one seed): the intervals cover test images, not seeds')
     result = verdict([f['low'] for f in floors], [f['high'] for f in floors], testable=ok)

@@ -2,6 +2,7 @@
 import configparser
 import glob
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,33 @@ def test_every_definition_has_an_example_nearby_and_every_public_name_is_shown()
         for name in getattr(importlib.import_module(f'ltvit.{mod.group(1)}'), '__all__', []):
             if not re.search(rf'\b{re.escape(name)}\b', s['examples']): unshown.append(f'{nb}: {name}')
     assert not unshown, unshown
+
+
+# Where each measured fact is quoted: (file, pattern whose group 1 is the number, key in benchmarks/measured.yml).
+QUOTED = [
+    ('README.md', r'whole test suite \(every notebook and tests/; about (\d+) min', 'test_suite_minutes'),
+    ('README.md', r'fast tier \(about (\d+) minutes', 'fast_tier_minutes'),
+    ('README.md', r'the main job, about (\d+) min', 'demo_minutes'),
+    ('README.md', r'--preset quick --jobs 2 [^\n]*\(about (\d+) min on 2 cores\)', 'quick_preset_minutes'),
+    ('nbs/guides/development.qmd', r'fast tier for the edit loop \(about (\d+) min', 'fast_tier_minutes'),
+    ('nbs/guides/development.qmd', r'the whole suite about (\d+) min', 'test_suite_minutes'),
+    ('nbs/guides/reproduce.qmd', r'\(about (\d+) min\) with the six notebooks', 'quick_preset_minutes'),
+]
+
+
+def test_quoted_facts_agree_with_the_one_source():
+    "Each measured time README and the guides quote is the one in benchmarks/measured.yml; the paper's GPU hours and run count are the estimator's."
+    facts = yaml.safe_load((ROOT / 'benchmarks' / 'measured.yml').read_text())
+    for file, pattern, key in QUOTED:
+        found = re.findall(pattern, (ROOT / file).read_text())
+        assert found, f'{file} no longer quotes {key} where expected ({pattern!r})'
+        assert {int(x) for x in found} == {facts[key]}, f'{file} says {found} for {key}; benchmarks/measured.yml says {facts[key]}'
+    from ltvit.experiments import estimate_gpu_hours, make_grid
+    est = estimate_gpu_hours(make_grid('paper', nih_dir='/data/nih', chexpert_dir='/data/chexpert', vindr_dir='/data/vindr'))
+    hours, runs = round(est['GPU hours'].sum()), len(est)
+    for file in ('README.md', 'nbs/guides/reproduce.qmd', 'nbs/index.ipynb'):
+        text = (ROOT / file).read_text()
+        for h, n in re.findall(r'(\d+) GPU hours for (?:all )?(\d+) training runs', text):
+            assert (int(h), int(n)) == (hours, runs), f'{file}: {h} GPU hours for {n} runs; the estimator gives {hours} for {runs}'
+        for n, h in re.findall(r'\| (\d+) training runs \| (\d+) \|', text):
+            assert (int(h), int(n)) == (hours, runs), f'{file}: {n} runs, {h} GPU hours; the estimator gives {runs}, {hours}'
