@@ -69,7 +69,7 @@ def test_quarto_site_parses_and_every_page_exists():
     assert q['project']['type'] == 'website'
     assert 'ipynb-filters' not in q  # nbdev 2.3+ has no notebook filter: pages are processed first (./dev docs)
     sections = [s['section'] for s in q['website']['sidebar']['contents'] if isinstance(s, dict)]
-    assert sections == ['Tour', 'Library', 'Paper', 'Guides']
+    assert sections == ['Results', 'Guides', 'Library']  # the paper first, then the guides, then the library
     pages = list(_site_pages(q['website']['sidebar']['contents'])) + list(_site_pages(q['website']['navbar']))
     assert pages
     for p in pages:
