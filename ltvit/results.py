@@ -590,6 +590,13 @@ RULE = ('every difference the claim predicts positive must have its family-corre
         'validation AUC, in the first 80% of the schedule, in at least 80% of the seeds), or start from pre-trainings '
         'that do not beat random features on validation.')
 
+# %% ../nbs/06b_results.ipynb #valhist1
+def _validation_history(r: RunResult) -> pd.Series:
+    "A run's validation mean AUC per epoch, from its `history.csv`; a clear error when the run has none."
+    h = r.folder / 'history.csv'
+    if not h.is_file(): raise FileNotFoundError(f'{h}: run {r.name} has no validation history (history.csv).')
+    return pd.read_csv(h).set_index('epoch')['val_mean_auc']
+
 # %% ../nbs/06b_results.ipynb #51ac0903
 def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seeds), each with its `history.csv`
                 by: float = CONVERGED_BY,  # the share of the schedule a run must have settled in
@@ -598,9 +605,7 @@ def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seed
     "Whether a cell's runs converged: settled within the first `by` of the schedule in `by` of the seeds."
     best, settled, gain, epochs = [], [], [], []
     for r in runs:
-        h = r.folder / 'history.csv'
-        if not h.is_file(): raise FileNotFoundError(f'{h}: run {r.name} has no validation history (history.csv).')
-        v = pd.read_csv(h).set_index('epoch')['val_mean_auc']
+        v = _validation_history(r)
         e = int((r.config or {}).get('config', {}).get('epochs') or len(v))
         best.append(int(v.idxmax())); settled.append(int(v.index[(v >= v.max() - tol).to_numpy()][0]))
         head = v[v.index <= by * e]  # the first `by` of the schedule; the gain is what the rest added to it
@@ -612,10 +617,7 @@ def convergence(runs: Sequence[RunResult],  # one cell's finished runs (its seed
 # %% ../nbs/06b_results.ipynb #a69da8ab
 def validation_curves(runs: Sequence[RunResult]) -> pd.DataFrame:
     "A cell's validation mean AUC per epoch (rows) for each seed (columns), from the runs' `history.csv`."
-    cols = {}
-    for r in runs:
-        h = pd.read_csv(r.folder / 'history.csv')
-        cols[r.tag.get('seed', 0)] = h.set_index('epoch')['val_mean_auc']
+    cols = {r.tag.get('seed', 0): _validation_history(r) for r in runs}
     return pd.DataFrame(cols).rename_axis(index='epoch', columns='seed')
 
 # %% ../nbs/06b_results.ipynb #795fc37e
